@@ -1,0 +1,209 @@
+"""Configuration of VideoLLaMB: LLaMA + LanguageBind video/image towers + a recurrent memory bridge.
+
+Every number the modeling code needs lives here, with the released 7B model
+(`ColorfulAI/VideoLLaMB`, projector `rmt_r_transformer1x`) as the default.
+"""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPVisionConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.models.auto.configuration_auto import AutoConfig
+
+
+@strict
+class VideoLlambVisionConfig(CLIPVisionConfig):
+    r"""
+    The LanguageBind video tower: a CLIP ViT whose every encoder layer first runs a temporal attention block over
+    groups of `temporal_group_size` consecutive frames (one attention per token position), then CLIP's spatial block.
+
+    temporal_group_size (`int`, defaults to 8):
+        Frames attended to together by the temporal blocks. LanguageBind hard-codes 8 whatever the number of
+        frames, so a video's frame count must be a multiple of it.
+    add_time_attn (`bool`, defaults to `True`):
+        Whether the temporal blocks exist (LanguageBind_Video_merge: yes).
+    """
+
+    model_type = "videollamb_vision"
+    base_config_key = "vision_config"
+
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    projection_dim: int = 768
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    image_size: int | list[int] | tuple[int, int] | None = 224
+    patch_size: int | list[int] | tuple[int, int] | None = 14
+    temporal_group_size: int = 8
+    add_time_attn: bool = True
+
+
+_CLIP_L14_224 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "projection_dim": 768,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+# Vicuna-7B-v1.5 as in LLaVA-1.5-7B, with two rows added for the `<video>` and `<image>` placeholders.
+_LLAMA_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 32002,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tie_word_embeddings": False,
+}
+
+
+@strict
+class VideoLlambConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`VideoLlambForConditionalGeneration`].
+
+    text_config (`dict` or `PreTrainedConfig`):
+        The language model (LLaMA). Its vocabulary includes the two placeholder tokens.
+    vision_config (`dict` or [`VideoLlambVisionConfig`]):
+        The video tower (LanguageBind_Video_merge: CLIP ViT-L/14 at 224 px + temporal attention).
+    image_config (`dict` or `CLIPVisionConfig`):
+        The image tower (LanguageBind_Image: a plain CLIP ViT-L/14 at 224 px).
+    video_token_id (`int`):
+        Placeholder id; the processor expands each video into `video_seq_length` copies of it.
+    image_token_id (`int`):
+        Placeholder id; the processor expands each image into `image_seq_length` copies of it.
+    vision_feature_layer (`int`):
+        Hidden state of the towers given to the bridge (-2: output of the second-to-last layer; 0 is the embedding
+        output after `pre_layrnorm`). Tower layers after it are never run.
+    num_frames (`int`):
+        Frames sampled per video by default.
+    tower_chunk_size (`int`):
+        Frames encoded by the towers at a time (a multiple of the temporal group size). Bounds tower activation
+        memory whatever the video length; it does not change the outputs.
+    freeze_towers (`bool`):
+        Towers take no gradient (the released training). `False` makes them trainable.
+    num_memory_tokens (`int`):
+        Recurrent memory tokens carried from segment to segment.
+    bridge_num_layers (`int`):
+        Transformer layers of the memory bridge (`rmt_r_transformer1x`: 1).
+    bridge_hidden_size (`int`):
+        Width of the bridge; equals the towers' hidden size.
+    bridge_num_attention_heads (`int`):
+        Attention heads of the bridge and of the retriever.
+    bridge_intermediate_size (`int`):
+        Feed-forward width of the bridge layers.
+    bridge_hidden_act (`str`):
+        Activation of the bridge feed-forward.
+    bridge_layer_norm_eps (`float`):
+        Epsilon of the bridge's post-layer-norms.
+    bridge_hidden_dropout (`float`):
+        Dropout after the bridge's dense layers (training only).
+    bridge_attention_dropout (`float`):
+        Dropout on the bridge's attention probabilities (training only).
+    projector_hidden_act (`str`):
+        Activation after the linear projector from bridge width to the language model width.
+    pooled_grid_size (`int`):
+        Patch tokens of each frame are average-pooled to a `pooled_grid_size x pooled_grid_size` grid.
+    max_frames_per_segment (`int`):
+        A segment longer than this is sub-sampled to this many frames before the bridge.
+    scene_tiling_mode (`str`):
+        `"top_k"` (the released bridge: the `scene_tiling_top_k` deepest gaps) or `"threshold"` (gaps deeper than
+        mean + `scene_tiling_alpha` * std, at most `scene_tiling_max_boundaries`).
+    initializer_range (`float`):
+        Standard deviation of the random initialisation of linear layers.
+    """
+
+    model_type = "videollamb"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=_LLAMA_7B),
+        "vision_config": SubConfigSpec(config_class=VideoLlambVisionConfig),
+        "image_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=_CLIP_L14_224
+        ),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    image_config: dict | PreTrainedConfig | None = None
+    video_token_id: int = 32000
+    image_token_id: int = 32001
+    vision_feature_layer: int = -2
+    num_frames: int = 16
+    tower_chunk_size: int = 64
+    freeze_towers: bool = True
+    num_memory_tokens: int = 32
+    bridge_num_layers: int = 1
+    bridge_hidden_size: int = 1024
+    bridge_num_attention_heads: int = 8
+    bridge_intermediate_size: int = 4096
+    bridge_hidden_act: str = "gelu"
+    bridge_layer_norm_eps: float = 1e-12
+    bridge_hidden_dropout: float = 0.1
+    bridge_attention_dropout: float = 0.1
+    projector_hidden_act: str = "gelu"
+    pooled_grid_size: int = 12
+    max_frames_per_segment: int = 8
+    scene_tiling_mode: Literal["top_k", "threshold"] = "top_k"
+    scene_tiling_top_k: int = 3
+    scene_tiling_alpha: float = 0.5
+    scene_tiling_max_boundaries: int = 15
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+
+    @property
+    def temporal_group_size(self) -> int:
+        return self.vision_config.temporal_group_size
+
+    @property
+    def image_seq_length(self) -> int:
+        """Slots one image takes in `input_ids`: its pooled patch tokens."""
+        return self.pooled_grid_size**2
+
+    @property
+    def video_seq_length(self) -> int:
+        """Slots one video takes in `input_ids`: the most visual tokens its last segment can give."""
+        return self.max_frames_per_segment * self.pooled_grid_size**2
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: the numbers must fit together."""
+        for name in ("vision_config", "image_config"):
+            tower = getattr(self, name)
+            if tower.hidden_size != self.bridge_hidden_size:
+                raise ValueError(
+                    f"`{name}.hidden_size` ({tower.hidden_size}) must equal `bridge_hidden_size` "
+                    f"({self.bridge_hidden_size}): the bridge reads the towers' hidden states."
+                )
+            grid = tower.image_size // tower.patch_size
+            if self.pooled_grid_size > grid:
+                raise ValueError(
+                    f"`pooled_grid_size` ({self.pooled_grid_size}) is larger than the patch grid of `{name}` ({grid})."
+                )
+        if self.bridge_hidden_size % self.bridge_num_attention_heads != 0:
+            raise ValueError(
+                f"`bridge_hidden_size` ({self.bridge_hidden_size}) is not a multiple of "
+                f"`bridge_num_attention_heads` ({self.bridge_num_attention_heads})."
+            )
+        group = self.vision_config.temporal_group_size
+        if self.tower_chunk_size < group or self.tower_chunk_size % group != 0:
+            raise ValueError(
+                f"`tower_chunk_size` ({self.tower_chunk_size}) must be a positive multiple of the temporal group "
+                f"size ({group}): temporal attention must never straddle two chunks."
+            )
+        vocab = self.text_config.vocab_size
+        for name in ("video_token_id", "image_token_id"):
+            if not 0 <= getattr(self, name) < vocab:
+                raise ValueError(f"`{name}` ({getattr(self, name)}) is outside the text vocabulary (size {vocab}).")
+
+
+__all__ = ["VideoLlambConfig", "VideoLlambVisionConfig"]
