@@ -1,6 +1,7 @@
 """VideoLLaMB for the Hugging Face ecosystem. Importing this package registers everything with transformers."""
 
-import transformers
+import sys
+
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from .configuration_videollamb import VideoLlambConfig, VideoLlambVisionConfig
@@ -23,9 +24,10 @@ AutoConfig.register(VideoLlambVisionConfig.model_type, VideoLlambVisionConfig, e
 AutoModel.register(VideoLlambConfig, VideoLlambModel, exist_ok=True)
 AutoModel.register(VideoLlambVisionConfig, VideoLlambVideoTower, exist_ok=True)
 AutoModelForImageTextToText.register(VideoLlambConfig, VideoLlambForConditionalGeneration, exist_ok=True)
-# TRL resolves `getattr(transformers, config.architectures[0])`: make our classes visible there.
+# TRL resolves `getattr(transformers, config.architectures[0])`: make our classes visible there. Set on the module
+# that `sys.modules` holds now: importing transformers' submodules may have replaced the lazy module object.
 for _cls in (VideoLlambConfig, VideoLlambModel, VideoLlambForConditionalGeneration):
-    setattr(transformers, _cls.__name__, _cls)
+    setattr(sys.modules["transformers"], _cls.__name__, _cls)
 
 __all__ = [
     "VideoLlambConfig",

@@ -175,8 +175,12 @@ class VideoLlambConfig(PreTrainedConfig):
         """Slots one video takes in `input_ids`: the most visual tokens its last segment can give."""
         return self.max_frames_per_segment * self.pooled_grid_size**2
 
-    def validate_architecture(self):
-        """Part of `@strict` validation: the numbers must fit together."""
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_consistency()
+
+    def _check_consistency(self):
+        """The numbers must fit together; raises `ValueError` naming the fields."""
         for name in ("vision_config", "image_config"):
             tower = getattr(self, name)
             if tower.hidden_size != self.bridge_hidden_size:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, initialization as init
+from transformers import AutoModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
@@ -191,7 +192,9 @@ def tower_hidden_state(tower: nn.Module, pixel_values: torch.Tensor, feature_lay
     layers = tower.encoder.layers
     num_layers = feature_layer if feature_layer >= 0 else len(layers) + 1 + feature_layer
     if not 0 <= num_layers <= len(layers):
-        raise ValueError(f"`vision_feature_layer` {feature_layer} is out of range for a tower of {len(layers)} layers.")
+        raise ValueError(
+            f"`vision_feature_layer` {feature_layer} is out of range for a tower of {len(layers)} layers."
+        )
     hidden_states = tower.pre_layrnorm(tower.embeddings(pixel_values))
     for layer in layers[:num_layers]:
         hidden_states = layer(hidden_states, None)
@@ -311,9 +314,7 @@ class VideoLlambMemoryBridge(nn.Module):
         hidden_states = torch.cat([memory.to(segment_tokens.dtype), segment_tokens], dim=1)
         for layer in self.layers:
             hidden_states = layer(hidden_states)
-        new_memory, segment_output = hidden_states.split(
-            [self.num_memory_tokens, segment_tokens.shape[1]], dim=1
-        )
+        new_memory, segment_output = hidden_states.split([self.num_memory_tokens, segment_tokens.shape[1]], dim=1)
         return segment_output, new_memory
 
     def step(
@@ -746,8 +747,7 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
     ) -> VideoLlambCausalLMOutputWithPast:
         r"""
         See [`VideoLlambModel.forward`]. `labels (batch_size, sequence_length)` are aligned with `input_ids`
-        (shifted inside the loss); placeholder positions never count. Logits of the placeholder tokens are set to
-        the dtype's minimum so they are never generated.
+        (shifted inside the loss); placeholder positions never count. `generate` suppresses the placeholder tokens.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -768,10 +768,6 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden_states = hidden_states[:, logits_to_keep]
         logits = self.lm_head(hidden_states)
-        placeholder_ids = torch.tensor(
-            [self.config.video_token_id, self.config.image_token_id], device=logits.device
-        )
-        logits = logits.index_fill(-1, placeholder_ids, torch.finfo(logits.dtype).min)
 
         loss = None
         if labels is not None:
@@ -800,6 +796,10 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
     @torch.no_grad()
     def generate(self, *args, pixel_values_videos=None, video_frames_mask=None, video_features=None, **kwargs):
         """[`GenerationMixin.generate`], with each video encoded once per call (not once per beam or step)."""
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        if generation_config.suppress_tokens is None and "suppress_tokens" not in kwargs:
+            # The placeholders are input-only tokens: never generate them.
+            kwargs["suppress_tokens"] = [self.config.video_token_id, self.config.image_token_id]
         if pixel_values_videos is not None:
             if video_features is not None:
                 raise ValueError("Pass either `pixel_values_videos` or `video_features`, not both.")
@@ -831,8 +831,26 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
         model_kwargs.update(media)
         return input_ids, model_kwargs
 
-    def prepare_inputs_for_generation(self, *args, video_features=None, is_first_iteration=False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        next_sequence_length=None,
+        cache=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        is_first_iteration=False,
+        video_features=None,
+        **kwargs,
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
         # Like pixels, encoded videos are merged at prefill only; later steps read them from the cache.
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["video_features"] = video_features

@@ -2,6 +2,7 @@
 
 from .configuration_videollamb import VideoLlambConfig
 
+
 TINY_TOWER = {
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -51,4 +52,14 @@ def get_tiny_config(**overrides) -> VideoLlambConfig:
     return VideoLlambConfig(**fields)
 
 
-__all__ = ["get_tiny_config"]
+def get_tiny_model(seed: int = 0, **overrides):
+    """A randomly initialised tiny [`VideoLlambForConditionalGeneration`] in eval mode (see `get_tiny_config`)."""
+    import torch
+
+    from .modeling_videollamb import VideoLlambForConditionalGeneration
+
+    torch.manual_seed(seed)
+    return VideoLlambForConditionalGeneration(get_tiny_config(**overrides)).eval()
+
+
+__all__ = ["get_tiny_config", "get_tiny_model"]
