@@ -1,4 +1,5 @@
-"""SceneTilling against the literal definition (the original's nested loops, re-written here as a reference)."""
+"""SceneTilling against the literal definition (the original's nested loops, re-written as a reference in
+`testing_utils`)."""
 
 import math
 
@@ -8,47 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from videollamb_hf.scene_tiling import boundaries_to_segments, depth_scores, find_scene_boundaries, frame_similarities
-
-
-def literal_depth_scores(sim: torch.Tensor) -> torch.Tensor:
-    """Section 5 of the spec, word for word: climb left and right while the similarity does not decrease."""
-    n = sim.shape[0]
-    depth = torch.zeros_like(sim)
-    for i in range(n):
-        left = sim[i]
-        for j in range(i - 1, -1, -1):
-            if sim[j] >= left:
-                left = sim[j]
-            else:
-                break
-        right = sim[i]
-        for j in range(i + 1, n):
-            if sim[j] >= right:
-                right = sim[j]
-            else:
-                break
-        depth[i] = left + right - 2 * sim[i]
-    return depth
-
-
-def literal_boundaries(features, mode="top_k", top_k=3, alpha=0.5, max_boundaries=15):
-    n = features.shape[0]
-    if n == 1:
-        return [0]
-    feats = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
-    depth = literal_depth_scores(torch.cosine_similarity(feats[:-1], feats[1:]))
-    if mode == "top_k":
-        found = torch.topk(depth, min(top_k, n - 1)).indices.sort()[0].tolist()
-    elif n - 1 < 3:
-        found = []
-    else:
-        std, mean = torch.std_mean(depth)
-        found = (depth > mean + alpha * std).nonzero().squeeze(-1).tolist()
-        if len(found) > max_boundaries:
-            found = torch.topk(depth, max_boundaries).indices.sort()[0].tolist()
-    if not found or found[-1] != n - 1:
-        found.append(n - 1)
-    return found
+from videollamb_hf.testing_utils import literal_depth_scores
+from videollamb_hf.testing_utils import literal_scene_boundaries as literal_boundaries
 
 
 # Small integer-valued features make ties (equal similarities, depth 0) common, as in short real videos.

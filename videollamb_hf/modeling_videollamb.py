@@ -201,6 +201,23 @@ def tower_hidden_state(tower: nn.Module, pixel_values: torch.Tensor, feature_lay
     return hidden_states
 
 
+def split_and_pool(hidden_states: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS tokens and average-pooled patch tokens of tower outputs.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(num_frames, 1 + side * side, dim)`).
+        grid (`int`): the patches are pooled to `grid x grid` (`AdaptiveAvgPool2d`).
+
+    Returns:
+        `(cls (num_frames, dim), pooled (num_frames, grid * grid, dim))`.
+    """
+    num_frames, num_tokens, dim = hidden_states.shape
+    side = math.isqrt(num_tokens - 1)
+    patches = hidden_states[:, 1:].transpose(1, 2).reshape(num_frames, dim, side, side)  # (T, D, h, w)
+    pooled = F.adaptive_avg_pool2d(patches, grid).flatten(2).transpose(1, 2)  # (T, grid*grid, D)
+    return hidden_states[:, 0], pooled
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Memory bridge
 # ---------------------------------------------------------------------------------------------------------------
@@ -452,16 +469,12 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
             `(cls (N, D), pooled patches (N, pooled_grid_size**2, D))`.
         """
         dtype = tower.embeddings.patch_embedding.weight.dtype
-        grid = self.config.pooled_grid_size
         all_cls, all_pooled = [], []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_towers):
             for chunk in frames.split(self.config.tower_chunk_size):
-                hidden = tower_hidden_state(tower, chunk.to(dtype), self.config.vision_feature_layer)  # (n, 1+P, D)
-                num, tokens, dim = hidden.shape
-                side = math.isqrt(tokens - 1)
-                patches = hidden[:, 1:].transpose(1, 2).reshape(num, dim, side, side)  # (n, D, h, w)
-                pooled = F.adaptive_avg_pool2d(patches, grid).flatten(2).transpose(1, 2)  # (n, grid*grid, D)
-                all_cls.append(hidden[:, 0])
+                hidden = tower_hidden_state(tower, chunk.to(dtype), self.config.vision_feature_layer)
+                cls, pooled = split_and_pool(hidden, self.config.pooled_grid_size)
+                all_cls.append(cls)
                 all_pooled.append(pooled)
         return torch.cat(all_cls), torch.cat(all_pooled)
 
@@ -510,9 +523,20 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         lengths = self._video_lengths(pixel_values_videos, video_frames_mask)
         frames = torch.cat([video[:length] for video, length in zip(pixel_values_videos, lengths)])
         all_cls, all_pooled = self._encode_frames(self.video_tower, frames)
+        return self.bridge_videos(all_cls.split(lengths), all_pooled.split(lengths))
+
+    def bridge_videos(
+        self, cls_per_video: list[torch.Tensor], pooled_per_video: list[torch.Tensor]
+    ) -> VideoLlambVideoFeatures:
+        """SceneTilling + the recurrent bridge + the projector over already computed tower features.
+
+        Args:
+            cls_per_video (`list[torch.Tensor]`): per video, `(num_frames, bridge_hidden_size)` CLS tokens.
+            pooled_per_video (`list[torch.Tensor]`): per video, `(num_frames, pooled_grid_size**2, D)` pooled patches.
+        """
         config = self.config
         visual_tokens, slots, boundaries_all, memories, caches = [], [], [], [], []
-        for cls, pooled in zip(all_cls.split(lengths), all_pooled.split(lengths)):
+        for cls, pooled in zip(cls_per_video, pooled_per_video):
             boundaries = find_scene_boundaries(
                 cls,
                 mode=config.scene_tiling_mode,
@@ -536,7 +560,7 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
             caches.append(memory_cache[0])
         return VideoLlambVideoFeatures(
             visual_tokens=torch.stack(visual_tokens),
-            num_slots_used=torch.tensor(slots, dtype=torch.long, device=all_pooled.device),
+            num_slots_used=torch.tensor(slots, dtype=torch.long, device=visual_tokens[0].device),
             scene_boundaries=tuple(boundaries_all),
             memory=torch.stack(memories),
             memory_cache=tuple(caches),

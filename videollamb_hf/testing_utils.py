@@ -1,4 +1,7 @@
-"""Tiny, structurally complete VideoLLaMB pieces for tests, benchmarks and offline smoke runs."""
+"""Tiny, structurally complete VideoLLaMB pieces for tests, benchmarks and offline smoke runs, and the literal
+(slow) SceneTilling reference that the fast one is checked against."""
+
+import torch
 
 from .configuration_videollamb import VideoLlambConfig
 
@@ -54,12 +57,57 @@ def get_tiny_config(**overrides) -> VideoLlambConfig:
 
 def get_tiny_model(seed: int = 0, **overrides):
     """A randomly initialised tiny [`VideoLlambForConditionalGeneration`] in eval mode (see `get_tiny_config`)."""
-    import torch
-
     from .modeling_videollamb import VideoLlambForConditionalGeneration
 
     torch.manual_seed(seed)
     return VideoLlambForConditionalGeneration(get_tiny_config(**overrides)).eval()
 
 
-__all__ = ["get_tiny_config", "get_tiny_model"]
+def literal_depth_scores(similarities: torch.Tensor) -> torch.Tensor:
+    """Depth scores exactly as the spec words them (and the original computes them): for each gap, climb left and
+    right while the similarity does not decrease. Two nested Python loops, O(n^2) in the worst case."""
+    n = similarities.shape[0]
+    depth = torch.zeros_like(similarities)
+    for i in range(n):
+        left = similarities[i]
+        for j in range(i - 1, -1, -1):
+            if similarities[j] >= left:
+                left = similarities[j]
+            else:
+                break
+        right = similarities[i]
+        for j in range(i + 1, n):
+            if similarities[j] >= right:
+                right = similarities[j]
+            else:
+                break
+        depth[i] = left + right - 2 * similarities[i]
+    return depth
+
+
+def literal_scene_boundaries(
+    features: torch.Tensor, mode: str = "top_k", top_k: int = 3, alpha: float = 0.5, max_boundaries: int = 15
+) -> list[int]:
+    """SceneTilling boundaries from `literal_depth_scores`, with the documented choices of `find_scene_boundaries`
+    where the original is undefined (k clamped, one frame, fewer than 3 gaps in threshold mode, half precision)."""
+    n = features.shape[0]
+    if n == 1:
+        return [0]
+    if features.dtype in (torch.float16, torch.bfloat16):
+        features = features.float()
+    depth = literal_depth_scores(torch.cosine_similarity(features[:-1], features[1:]))
+    if mode == "top_k":
+        found = torch.topk(depth, min(top_k, n - 1)).indices.sort()[0].tolist()
+    elif n - 1 < 3:
+        found = []
+    else:
+        std, mean = torch.std_mean(depth)
+        found = (depth > mean + alpha * std).nonzero().squeeze(-1).tolist()
+        if len(found) > max_boundaries:
+            found = torch.topk(depth, max_boundaries).indices.sort()[0].tolist()
+    if not found or found[-1] != n - 1:
+        found.append(n - 1)
+    return found
+
+
+__all__ = ["get_tiny_config", "get_tiny_model", "literal_depth_scores", "literal_scene_boundaries"]
