@@ -57,6 +57,13 @@ def test_long_random_sequences_match(seed):
         assert find_scene_boundaries(features, mode) == literal_boundaries(features, mode)
 
 
+@pytest.mark.parametrize("shape", [(1, 8), (2, 1), (300, 1024), (5000, 32), (129, 1024), (4097, 33)])
+def test_blocked_similarities_equal_one_cosine_call(shape):
+    features = torch.randn(shape, generator=torch.Generator().manual_seed(shape[0]))
+    expected = torch.cosine_similarity(features[:-1], features[1:])
+    assert torch.equal(frame_similarities(features), expected)
+
+
 def test_monotone_similarity_is_one_long_climb():
     sim = torch.linspace(0, 1, 50)
     assert torch.equal(depth_scores(sim), literal_depth_scores(sim))

@@ -90,12 +90,20 @@ def literal_scene_boundaries(
 ) -> list[int]:
     """SceneTilling boundaries from `literal_depth_scores`, with the documented choices of `find_scene_boundaries`
     where the original is undefined (k clamped, one frame, fewer than 3 gaps in threshold mode, half precision)."""
-    n = features.shape[0]
-    if n == 1:
+    if features.shape[0] == 1:
         return [0]
     if features.dtype in (torch.float16, torch.bfloat16):
         features = features.float()
-    depth = literal_depth_scores(torch.cosine_similarity(features[:-1], features[1:]))
+    similarities = torch.cosine_similarity(features[:-1], features[1:])
+    return literal_boundaries_from_similarities(similarities, mode, top_k, alpha, max_boundaries)
+
+
+def literal_boundaries_from_similarities(
+    similarities: torch.Tensor, mode: str = "top_k", top_k: int = 3, alpha: float = 0.5, max_boundaries: int = 15
+) -> list[int]:
+    """The literal definition from the similarity curve on (nested-loop depths, then selection)."""
+    n = similarities.shape[0] + 1
+    depth = literal_depth_scores(similarities)
     if mode == "top_k":
         found = torch.topk(depth, min(top_k, n - 1)).indices.sort()[0].tolist()
     elif n - 1 < 3:
@@ -110,4 +118,10 @@ def literal_scene_boundaries(
     return found
 
 
-__all__ = ["get_tiny_config", "get_tiny_model", "literal_depth_scores", "literal_scene_boundaries"]
+__all__ = [
+    "get_tiny_config",
+    "get_tiny_model",
+    "literal_boundaries_from_similarities",
+    "literal_depth_scores",
+    "literal_scene_boundaries",
+]
