@@ -521,9 +521,9 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
                 f"{tuple(pixel_values_videos.shape)}."
             )
         lengths = self._video_lengths(pixel_values_videos, video_frames_mask)
-        frames = torch.cat([video[:length] for video, length in zip(pixel_values_videos, lengths)])
-        all_cls, all_pooled = self._encode_frames(self.video_tower, frames)
-        return self.bridge_videos(all_cls.split(lengths), all_pooled.split(lengths))
+        # Video by video over views of the real frames: no copy of the pixels, padding never encoded.
+        encoded = [self._encode_frames(self.video_tower, video[:n]) for video, n in zip(pixel_values_videos, lengths)]
+        return self.bridge_videos([cls for cls, _ in encoded], [pooled for _, pooled in encoded])
 
     def bridge_videos(
         self, cls_per_video: list[torch.Tensor], pooled_per_video: list[torch.Tensor]

@@ -1,0 +1,46 @@
+"""The README's commands and Python snippets are true."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_ci_runs_exactly_the_readme_commands():
+    commands = [line for line in blocks("bash")[0].splitlines() if line.strip()]
+    assert len(commands) == 2
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    for command in commands:
+        assert command in ci
+
+
+def test_python_snippets_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    stdout = io.StringIO()
+    snippets = blocks("python")
+    assert len(snippets) >= 3
+    with contextlib.redirect_stdout(stdout):
+        for snippet in snippets:
+            exec(compile(snippet, "README.md", "exec"), namespace)
+    printed = stdout.getvalue().splitlines()
+    assert "[4, 15, 24, 31]" in printed
+    assert (tmp_path / "tiny-videollamb" / "config.json").exists()
+    model, ids = namespace["model"], namespace["input_ids"]
+    assert namespace["generated"].shape == (1, ids.shape[1] + 8)
+    assert printed[0] == f"torch.Size([1, {ids.shape[1]}, {model.config.text_config.vocab_size}])"
+
+
+@pytest.mark.parametrize("name", ["bench_scene_tiling.py", "bench_long_video.py", "RESULTS.md"])
+def test_benchmarks_named_in_the_readme_exist(name):
+    assert (ROOT / "benchmarks" / name).exists()
