@@ -256,6 +256,21 @@ def test_backbone_hidden_states_align_and_fused_head_loss_equals_model_loss(tiny
     torch.testing.assert_close(fused, own, rtol=1e-6, atol=1e-6)
 
 
+def test_trl_fused_lm_head_loss_equals_model_loss():
+    """TRL's own patched forward (`add_fused_lm_head`, what SFTTrainer trains through) on our model."""
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    model = get_tiny_model()
+    config = model.config
+    rows = [prompt(config, after=(7, 8, 9, 10)), prompt(config, media="image", before=(5, 6, 7, 8, 9), after=(7,))]
+    ids, mask = left_pad(rows)
+    labels = ids.masked_fill((ids == config.video_token_id) | (ids == config.image_token_id) | (mask == 0), -100)
+    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": video(16), "pixel_values": images(1)}
+    own = model(**inputs, labels=labels).loss
+    trl_utils.add_fused_lm_head(model)
+    fused = model(**inputs, labels=labels, fused_lm_head=True).loss
+    torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-6)
+
+
 # -- batching ------------------------------------------------------------------------------------------------
 
 
