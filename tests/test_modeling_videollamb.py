@@ -153,6 +153,33 @@ def test_save_and_load_reproduce_logits(tmp_path, tiny_model):
     assert torch.equal(tiny_model.lm_head(hidden), expected)
 
 
+def test_loading_keeps_towers_frozen(tmp_path):
+    get_tiny_model().save_pretrained(tmp_path / "frozen")
+    get_tiny_model(freeze_towers=False).save_pretrained(tmp_path / "trainable")
+    for loader in (VideoLlambForConditionalGeneration, AutoModel):
+        frozen = loader.from_pretrained(tmp_path / "frozen")
+        trainable = loader.from_pretrained(tmp_path / "trainable")
+        for model, expected in ((frozen, False), (trainable, True)):
+            inner = getattr(model, "model", model)
+            assert {p.requires_grad for p in inner.video_tower.parameters()} == {expected}
+            assert {p.requires_grad for p in inner.image_tower.parameters()} == {expected}
+            assert all(p.requires_grad for p in inner.memory_bridge.parameters())
+
+
+def test_device_map_planning_keeps_recurrent_parts_whole(tiny_model):
+    from accelerate import infer_auto_device_map
+
+    size = sum(p.numel() * p.element_size() for p in tiny_model.parameters())
+    budget = {i: size // 5 for i in range(4)} | {"cpu": size * 10}
+    plan = infer_auto_device_map(
+        tiny_model, max_memory=budget, no_split_module_classes=list(tiny_model._no_split_modules)
+    )
+    assert len(set(plan.values())) > 2  # the model is really spread
+    for name in plan:
+        for whole in ("model.memory_bridge.", "model.multi_modal_projector.", "model.language_model.layers.0."):
+            assert not name.startswith(whole), name
+
+
 def test_model_classes_are_on_the_transformers_namespace():
     assert transformers.VideoLlambForConditionalGeneration is VideoLlambForConditionalGeneration
     assert transformers.VideoLlambModel is VideoLlambModel

@@ -396,6 +396,16 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = False
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Loading replaces the parameters (all trainable again): re-apply `config.freeze_towers`.
+        for module in model.modules():
+            if isinstance(module, VideoLlambModel):
+                module.set_towers_trainable(not module.config.freeze_towers)
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
