@@ -526,6 +526,29 @@ def test_mismatched_placeholders_raise(tiny_model):
         tiny_model(input_ids=torch.tensor([prompt(config, media="image")]))
 
 
+def test_packed_position_ids_with_videos_raise(tiny_model):
+    config = tiny_model.config
+    row = prompt(config)
+    packed = torch.tensor([list(range(len(row))) + [0, 1, 2]])
+    ids = torch.tensor([row + [BOS, 5, 6]])
+    with pytest.raises(ValueError, match="padding-free"):
+        tiny_model(input_ids=ids, pixel_values_videos=video(16), position_ids=packed)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_and_stays_close(dtype):
+    model = get_tiny_model()
+    config = model.config
+    ids = torch.tensor([prompt(config) + prompt(config, media="image")[1:]])
+    media = {"pixel_values_videos": video(16, seed=21), "pixel_values": images(1)}
+    reference = model(input_ids=ids, **media)
+    half = model.to(dtype)(input_ids=ids, **media)
+    assert half.logits.dtype == dtype
+    assert half.video_features.scene_boundaries == reference.video_features.scene_boundaries
+    real = half.attention_mask[0].bool()
+    torch.testing.assert_close(half.logits[0, real].float(), reference.logits[0, real], rtol=0, atol=0.1)
+
+
 def test_bad_frame_counts_and_masks_raise(tiny_model):
     ids = torch.tensor([prompt(tiny_model.config)])
     with pytest.raises(ValueError, match="multiple of 8"):

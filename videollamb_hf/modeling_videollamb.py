@@ -707,6 +707,14 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
                     "With videos, `attention_mask` must be 2D and cover the cached and the new tokens: expected "
                     f"(batch, {past_length + length}), got {tuple(attention_mask.shape)}."
                 )
+            if position_ids is not None:
+                real = attention_mask[:, past_length:].bool()
+                resets = real[:, 1:] & real[:, :-1] & (position_ids[:, 1:] <= position_ids[:, :-1])
+                if resets.any():
+                    raise ValueError(
+                        "`position_ids` restart inside a sequence (packed / padding-free batches); with videos the "
+                        "model derives positions from the attention mask, so pack without videos or pad instead."
+                    )
             full_mask = attention_mask.bool().clone()
             full_mask[:, past_length:] &= slot_mask.to(full_mask.device)
             position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:]
