@@ -118,7 +118,81 @@ def literal_boundaries_from_similarities(
     return found
 
 
+TINY_CORPUS = [
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions.",
+    "USER: What is happening in the video? ASSISTANT: A man is playing the drums on a street.</s>",
+    "Answer with the option's letter from the given choices directly.",
+    "A. dancing\nB. reading a book\nC. cooking dinner\nD. sleeping 0123456789",
+    "The young man seated on a cloud in the sky is reading a book. Describe the video in one sentence.",
+    "What happens after the cut? A baby reads; hands arrange pepper slices; the drummer plays.",
+]
+
+
+def save_tiny_tokenizer(directory) -> str:
+    """Train a tiny sentencepiece BPE model with LLaMA's trainer settings (byte fallback, dummy prefix, split
+    digits, identity normalisation, whitespace-only pieces; ids 0/1/2 = unk/bos/eos) and write `tokenizer.model` +
+    `tokenizer_config.json` to `directory` (vocabulary: 400 pieces). Returns the directory."""
+    import io
+    import json
+    from pathlib import Path
+
+    import sentencepiece as spm
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TINY_CORPUS * 20),
+        model_writer=model,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
+    )
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    config = {"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True, "add_eos_token": False,
+              "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "padding_side": "left"}  # fmt: skip
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return str(directory)
+
+
+def get_tiny_processor(directory):
+    """A [`VideoLlambProcessor`] for the tiny model: the tiny tokenizer (written to `directory`), 16 px frames and
+    images, 32 slots per video and 4 per image (as `get_tiny_config`'s bridge gives)."""
+    from transformers import AutoTokenizer
+
+    from .image_processing_videollamb import VideoLlambImageProcessor
+    from .processing_videollamb import VideoLlambProcessor
+    from .video_processing_videollamb import VideoLlambVideoProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(save_tiny_tokenizer(directory))
+    size, crop = {"shortest_edge": 16}, {"height": 16, "width": 16}
+    return VideoLlambProcessor(
+        image_processor=VideoLlambImageProcessor(size=size, crop_size=crop),
+        video_processor=VideoLlambVideoProcessor(size=size, crop_size=crop),
+        tokenizer=tokenizer,
+        video_seq_length=32,
+        image_seq_length=4,
+    )
+
+
 __all__ = [
+    "TINY_CORPUS",
+    "get_tiny_processor",
+    "save_tiny_tokenizer",
     "get_tiny_config",
     "get_tiny_model",
     "literal_boundaries_from_similarities",

@@ -1,0 +1,255 @@
+"""VideoLlambProcessor: LLaMA tokenizer + image and video processors + the `llava_v1` chat template.
+
+The token sequence the language model finally sees is the original's (`mm_utils.tokenizer_x_token`): the prompt
+is cut at each `<video>` / `<image>`, every piece is tokenized on its own (BOS on the first piece only), and each
+placeholder becomes a block of `video_seq_length` / `image_seq_length` placeholder ids that the model fills (its
+first k slots) and masks (the rest). Tokenizing pieces separately is a quirk we keep: the text after a placeholder
+starts with sentencepiece's dummy prefix `▁` (`... ':' '▁' <video> '▁' '<0x0A>' ...`).
+"""
+
+import re
+from pathlib import Path
+
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
+from transformers.video_processing_utils import VideoProcessorMixin
+
+from .video_processing_videollamb import VideoLlambVideosKwargs
+
+
+SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+# llava_v1: "{system} USER: <video>\n{question} ASSISTANT: {answer}</s>USER: ... ASSISTANT:"
+# Media blocks of a user turn come first, each as its placeholder and a newline (the original puts `<video>\n`
+# before the question); text blocks follow, joined by a space. `{% generation %}` marks what assistant-only loss
+# trains on (the answer and its `</s>`). A system message replaces the default system text.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system='" + SYSTEM_PROMPT.replace("'", "\\'") + "') -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set ns.system = messages[0]['content'] -%}"
+    "{%- else -%}{%- set ns.system = messages[0]['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join(' ') -%}{%- endif -%}"
+    "{%- set messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{{- ns.system + ' ' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- 'USER: ' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for block in message['content'] -%}"
+    "{%- if block['type'] == 'video' -%}{{- '<video>\n' -}}{%- elif block['type'] == 'image' -%}{{- '<image>\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') -}}"
+    "{%- endif -%}"
+    "{{- ' ' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- 'ASSISTANT: ' -}}"
+    "{%- generation -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{{- message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') "
+    "| join(' ') -}}{%- endif -%}"
+    "{{- '</s>' -}}"
+    "{%- endgeneration -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+
+class VideoLlambProcessorKwargs(ProcessingKwargs, total=False):
+    videos_kwargs: VideoLlambVideosKwargs
+    _defaults = {"text_kwargs": {"padding": True}}
+
+
+def _is_frame(item) -> bool:
+    return hasattr(item, "convert") or (hasattr(item, "ndim") and item.ndim == 3)
+
+
+def _is_single_video(item) -> bool:
+    if isinstance(item, (str, Path, bytes, bytearray, memoryview)) or hasattr(item, "read"):
+        return True
+    if hasattr(item, "ndim"):
+        return item.ndim == 4
+    return isinstance(item, (list, tuple)) and bool(item) and all(_is_frame(f) for f in item)
+
+
+def _is_single_image(item) -> bool:
+    return isinstance(item, (str, Path)) or _is_frame(item)
+
+
+def flatten_media(items, is_single) -> list:
+    """One medium, a list of them, or one list per text (what `apply_chat_template` passes) -> a flat list."""
+    if items is None:
+        return []
+    if is_single(items):
+        return [items]
+    flat = []
+    for item in items:
+        flat.extend([item] if is_single(item) else list(item))
+    return flat
+
+
+class VideoLlambProcessor(ProcessorMixin):
+    r"""Processor of VideoLLaMB: a LLaMA tokenizer, [`VideoLlambImageProcessor`] and [`VideoLlambVideoProcessor`].
+
+    Args:
+        image_processor, video_processor, tokenizer: the parts.
+        chat_template (`str`, *optional*): defaults to the `llava_v1` template.
+        video_seq_length (`int`, defaults to 1152): placeholder ids per video (`config.video_seq_length`).
+        image_seq_length (`int`, defaults to 144): placeholder ids per image (`config.image_seq_length`).
+    """
+
+    attributes = ["image_processor", "video_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    video_processor_class = "AutoVideoProcessor"
+    tokenizer_class = "AutoTokenizer"
+    valid_processor_kwargs = VideoLlambProcessorKwargs
+    video_token = "<video>"
+    image_token = "<image>"
+
+    def __init__(
+        self,
+        image_processor=None,
+        video_processor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        video_seq_length: int = 1152,
+        image_seq_length: int = 144,
+        **kwargs,
+    ):
+        if tokenizer is not None:
+            missing = [t for t in (self.video_token, self.image_token) if t not in tokenizer.get_vocab()]
+            if missing:
+                tokenizer.add_tokens(missing, special_tokens=True)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.unk_token  # LLaVA-1.5 pads with <unk>
+        self.video_seq_length = video_seq_length
+        self.image_seq_length = image_seq_length
+        super().__init__(image_processor, video_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        # transformers' check reads a dummy mapping for video processors when torchvision is absent.
+        if argument_name == "video_processor":
+            if not isinstance(argument, VideoProcessorMixin):
+                raise TypeError(f"`video_processor` must be a VideoProcessorMixin, got {type(argument).__name__}.")
+            return type(argument)
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        return self.video_token * self.video_seq_length
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.image_seq_length
+
+    def _tokenize_piece(self, piece: str) -> list[int]:
+        """A piece of prompt as the original's slow LLaMA tokenizer sees it (without BOS).
+
+        The original tokenizes each piece with the dummy prefix `▁`; a fast tokenizer adds it only when the piece
+        does not start with a space, so a leading space is doubled to get the original's `▁▁...`."""
+        if not piece:
+            return []
+        if piece.startswith(" "):
+            piece = " " + piece
+        return self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+
+    def _tokenize_prompt(self, text: str, add_special_tokens: bool) -> list[int]:
+        pieces = re.split(f"({re.escape(self.video_token)}|{re.escape(self.image_token)})", text)
+        ids = [self.tokenizer.bos_token_id] if add_special_tokens and self.tokenizer.bos_token_id is not None else []
+        for piece in pieces:
+            if piece == self.video_token:
+                ids += [self.video_token_id] * self.video_seq_length
+            elif piece == self.image_token:
+                ids += [self.image_token_id] * self.image_seq_length
+            else:
+                ids += self._tokenize_piece(piece)
+        return ids
+
+    def __call__(self, text=None, images=None, videos=None, audio=None, **kwargs) -> BatchFeature:
+        """Tokenize `text` (a string or a list, with `<video>` / `<image>` placeholders) and process the media.
+
+        Args:
+            text (`str` or `list[str]`).
+            images: images for the `<image>` placeholders, in reading order (flat or one list per text).
+            videos: videos for the `<video>` placeholders, in reading order (flat or one list per text).
+            kwargs: video options (`num_frames`, `fps`, `sampling`, `start_time`, `end_time`, `return_metadata`,
+                ...), `padding` (default: to the longest), `padding_side`, `add_special_tokens`, `return_tensors`.
+
+        Returns:
+            `BatchFeature`: `input_ids`, `attention_mask`, and `pixel_values_videos` (+ `video_frames_mask`) /
+            `pixel_values` when media are given.
+        """
+        if text is None:
+            raise ValueError("`text` is required: a prompt with one <video> or <image> per video or image.")
+        texts = [text] if isinstance(text, str) else list(text)
+        add_special_tokens = kwargs.pop("add_special_tokens", True)
+        padding = kwargs.pop("padding", True)
+        padding_side = kwargs.pop("padding_side", None) or self.tokenizer.padding_side
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        for key in ("do_sample_frames", "truncation", "max_length", "sanitize_control_tokens"):
+            kwargs.pop(key, None)
+        videos_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in VideoLlambVideosKwargs.__annotations__}
+        videos_kwargs.update(kwargs.pop("videos_kwargs", {}) or {})
+        images_kwargs = kwargs.pop("images_kwargs", {}) or {}
+        kwargs.pop("text_kwargs", None)
+        if kwargs:
+            raise TypeError(f"Unexpected processor arguments: {sorted(kwargs)}.")
+
+        video_list = flatten_media(videos, _is_single_video)
+        image_list = flatten_media(images, _is_single_image)
+        num_video_tags = sum(t.count(self.video_token) for t in texts)
+        num_image_tags = sum(t.count(self.image_token) for t in texts)
+        if num_video_tags != len(video_list):
+            raise ValueError(
+                f"The text has {num_video_tags} {self.video_token} placeholder(s) but {len(video_list)} video(s) were given."
+            )
+        if num_image_tags != len(image_list):
+            raise ValueError(
+                f"The text has {num_image_tags} {self.image_token} placeholder(s) but {len(image_list)} image(s) were given."
+            )
+
+        data = {}
+        if video_list:
+            data.update(self.video_processor(video_list, **videos_kwargs))
+        if image_list:
+            data.update(self.image_processor(image_list, **images_kwargs))
+
+        rows = [self._tokenize_prompt(t, add_special_tokens) for t in texts]
+        if padding or len(rows) > 1:
+            width = max(len(r) for r in rows)
+            pad = self.tokenizer.pad_token_id
+            masks = [[1] * len(r) for r in rows]
+            if padding_side == "left":
+                rows = [[pad] * (width - len(r)) + r for r in rows]
+                masks = [[0] * (width - len(m)) + m for m in masks]
+            else:
+                rows = [r + [pad] * (width - len(r)) for r in rows]
+                masks = [m + [0] * (width - len(m)) for m in masks]
+        else:
+            masks = [[1] * len(r) for r in rows]
+        if return_tensors == "pt":
+            data["input_ids"] = torch.tensor(rows, dtype=torch.long)
+            data["attention_mask"] = torch.tensor(masks, dtype=torch.long)
+        else:
+            data["input_ids"], data["attention_mask"] = rows, masks
+        return BatchFeature(data=data)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values", "pixel_values_videos", "video_frames_mask"]
+
+
+__all__ = ["CHAT_TEMPLATE", "SYSTEM_PROMPT", "VideoLlambProcessor"]

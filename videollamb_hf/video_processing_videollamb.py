@@ -1,0 +1,409 @@
+"""VideoLlambVideoProcessor: videos in (paths, URLs, bytes, arrays, frames), `pixel_values_videos` out.
+
+Frame sampling follows the original (`np.linspace(0, n - 1, num_frames, dtype=int)` over the n decodable frames,
+or its fps rule), decoding touches only the sampled frames (see `video_decoding`), and the transform is the
+original video path in torch: `/255`, CLIP normalisation, bilinear short side to 224 (pytorchvideo's
+`ShortSideScale`), centre crop with Python rounding. It is deterministic: the original's random horizontal flip at
+inference is not reproduced; `do_flip=True` turns it on as a training augmentation.
+
+Rules (documented choices):
+- `fps` given (per call or as the default) decides the count with the original's rule
+  (`n = ceil(seconds * fps)`, then `min(max_frames, max(8, n - n % 8))`) and `num_frames` is ignored; otherwise
+  `num_frames` is used, rounded UP to a multiple of the temporal group size (8): 12 -> 16, 1 -> 8.
+- `start_time` / `end_time` (seconds from the first frame) restrict sampling to frames with
+  `start_time <= t < end_time`.
+- `sampling="scenes"`: a keyframe-only pre-pass (tiny grayscale thumbnails, no full decode) feeds SceneTilling;
+  the frame budget is spread over the scenes it finds (at least one frame per scene while the budget allows, the
+  rest in proportion to scene length, uniform within a scene), so a short scene in a long video is not skipped.
+  Cuts are seen where the encoder put a keyframe (encoders put one at scene changes); its cost is one decode
+  of the keyframes (`benchmarks/bench_video_decode.py`).
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import VideosKwargs
+from transformers.video_processing_utils import VideoProcessorMixin
+from transformers.video_utils import VideoMetadata
+
+from .scene_tiling import find_scene_boundaries
+from .video_decoding import ACCEPTED, VideoDecodingError, VideoReader, describe
+
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Frames transformed at a time: bounds the float copy of full-resolution frames.
+_TRANSFORM_CHUNK = 16
+
+
+class VideoLlambVideosKwargs(VideosKwargs, total=False):
+    """Extra per-call video options (see the module docstring)."""
+
+    sampling: str
+    start_time: float
+    end_time: float
+    max_frames: int
+    return_scenes: bool
+    do_flip: bool
+
+
+@dataclass
+class VideoLlambVideoMetadata(VideoMetadata):
+    """Per-video metadata: transformers' fields plus the sampled frames' real timestamps (variable frame rate
+    safe) and, with `return_scenes=True`, the scenes found (`[(start_frame, end_frame, start_s, end_s), ...]`)."""
+
+    frames_timestamps: list[float] | None = None
+    scenes: list[tuple[int, int, float, float]] | None = None
+    rotation: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def timestamps(self) -> list[float]:
+        if self.frames_timestamps is not None:
+            return self.frames_timestamps
+        return super().timestamps
+
+
+def round_up_to_group(num_frames: int, group: int) -> int:
+    return max(group, math.ceil(num_frames / group) * group)
+
+
+def frames_for_fps(seconds: float, fps: float, max_frames: int, group: int) -> int:
+    """The original's fps rule: `n = ceil(seconds * fps)`, then `min(max_frames, max(8, n - n % 8))`."""
+    n = math.ceil(seconds * fps)
+    return min(max_frames, max(group, n - n % group))
+
+
+def uniform_indices(first: int, count: int, num_frames: int) -> np.ndarray:
+    """`first + np.linspace(0, count - 1, num_frames, dtype=int)`: the original's sampler on a frame range."""
+    return first + np.linspace(0, count - 1, num_frames, dtype=int)
+
+
+def spread_over_scenes(segments: list[tuple[int, int]], num_frames: int) -> np.ndarray:
+    """Spread `num_frames` samples over inclusive frame ranges: one per scene while the budget allows (longest
+    scenes first), the rest by largest remainder in proportion to length; uniform within each scene."""
+    lengths = np.array([end - start + 1 for start, end in segments], dtype=np.float64)
+    counts = np.zeros(len(segments), dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    counts[order[: min(num_frames, len(segments))]] = 1
+    remaining = num_frames - counts.sum()
+    if remaining > 0:
+        share = lengths / lengths.sum() * remaining
+        counts += np.floor(share).astype(np.int64)
+        left = num_frames - counts.sum()
+        counts[np.argsort(-(share - np.floor(share)), kind="stable")[:left]] += 1
+    parts = [
+        np.linspace(start, end, count, dtype=int) for (start, end), count in zip(segments, counts.tolist()) if count
+    ]
+    return np.sort(np.concatenate(parts))
+
+
+def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """pytorchvideo's `ShortSideScale`: the short side becomes `size`, the long side `floor(long / short * size)`."""
+    if width < height:
+        return int(math.floor(height / width * size)), size
+    return size, int(math.floor(width / height * size))
+
+
+def center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre crop of `(..., H, W)` with the offsets `int(round((side - crop) / 2))` (Python's round)."""
+    top = int(round((frames.shape[-2] - height) / 2.0))
+    left = int(round((frames.shape[-1] - width) / 2.0))
+    return frames[..., top : top + height, left : left + width]
+
+
+def transform_video_frames(
+    frames: np.ndarray | torch.Tensor,
+    size: int = 224,
+    crop: tuple[int, int] = (224, 224),
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
+    """The original video transform, `(T, H, W, 3)` uint8 -> `(T, 3, crop_h, crop_w)` float32, in frame chunks."""
+    frames = torch.as_tensor(frames)
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    height, width = frames.shape[1:3]
+    new_size = short_side_size(height, width, size)
+    out = []
+    for chunk in frames.split(_TRANSFORM_CHUNK):
+        x = chunk.permute(0, 3, 1, 2).float() / 255.0  # (t, 3, H, W)
+        x = (x - mean_t) / std_t  # the original normalises before resizing
+        x = F.interpolate(x, size=new_size, mode="bilinear", align_corners=False)
+        out.append(center_crop(x, *crop))
+    return torch.cat(out)
+
+
+def _frames_from_array(video) -> np.ndarray:
+    """`(T, H, W, 3)` uint8 from an array, a tensor (channels last or first) or a list of PIL images / arrays."""
+    if isinstance(video, (list, tuple)):
+        frames = [np.asarray(f.convert("RGB")) if hasattr(f, "convert") else np.asarray(f) for f in video]
+        if not frames:
+            raise ValueError("Got an empty list of frames.")
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1:
+            raise ValueError(f"All frames of a video must have the same shape, got {sorted(shapes)}.")
+        video = np.stack(frames)
+    if isinstance(video, torch.Tensor):
+        video = video.detach().cpu()
+        if video.ndim == 4 and video.shape[1] in (1, 3) and video.shape[-1] not in (1, 3):
+            video = video.permute(0, 2, 3, 1)
+        video = video.numpy()
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"A video array must have shape (frames, height, width, 3), got {video.shape}.")
+    if video.shape[0] == 0:
+        raise ValueError("Got a video array with no frame.")
+    if video.dtype != np.uint8:
+        if np.issubdtype(video.dtype, np.floating) and video.size and 0.0 <= video.min() and video.max() <= 1.0:
+            raise ValueError("Float frames in [0, 1] are ambiguous: pass uint8 frames (0-255).")
+        video = np.clip(video, 0, 255).astype(np.uint8)
+    return video
+
+
+def _is_frame(item) -> bool:
+    if hasattr(item, "convert") and hasattr(item, "size"):  # PIL image
+        return True
+    return isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 3
+
+
+def make_batched_videos(videos) -> list:
+    """A single video or a batch of them -> a list of videos."""
+    if isinstance(videos, (str, Path, bytes, bytearray, memoryview)) or hasattr(videos, "read"):
+        return [videos]
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        if videos.ndim == 5:
+            return list(videos)
+        return [videos]
+    if isinstance(videos, (list, tuple)):
+        if not videos:
+            raise ValueError(f"Got an empty list of videos. Accepted: {ACCEPTED}.")
+        if all(_is_frame(v) for v in videos):
+            return [list(videos)]
+        return list(videos)
+    raise TypeError(f"Cannot read a video from {type(videos).__name__}. Accepted: {ACCEPTED}.")
+
+
+class VideoLlambVideoProcessor(VideoProcessorMixin):
+    r"""Video processor of VideoLLaMB (PyAV decoding, original sampling and transform, no torchvision).
+
+    Args:
+        num_frames (`int`, defaults to 16): frames per video (rounded up to a multiple of `temporal_group_size`).
+        fps (`float`, *optional*): sample by video time instead (see the module docstring); wins over `num_frames`.
+        max_frames (`int`, defaults to 512): cap of the fps rule.
+        temporal_group_size (`int`, defaults to 8): the video tower's group; frame counts are multiples of it.
+        sampling (`str`, defaults to `"uniform"`): `"uniform"` (the original) or `"scenes"`.
+        size (`dict`, defaults to `{"shortest_edge": 224}`), crop_size (`dict`, defaults to 224 x 224).
+        image_mean, image_std: CLIP normalisation.
+        do_flip (`bool`, defaults to `False`): random horizontal flip (p = 0.5) per video, for training only.
+        scene_alpha (`float`, defaults to 0.5): SceneTilling threshold for `sampling="scenes"`.
+    """
+
+    model_input_names = ["pixel_values_videos", "video_frames_mask"]
+    valid_kwargs = VideoLlambVideosKwargs
+    num_frames = 16
+    fps = None
+    max_frames = 512
+    temporal_group_size = 8
+    sampling = "uniform"
+    size = {"shortest_edge": 224}
+    crop_size = {"height": 224, "width": 224}
+    image_mean = list(OPENAI_CLIP_MEAN)
+    image_std = list(OPENAI_CLIP_STD)
+    do_flip = False
+    scene_alpha = 0.5
+    thumbnail_size = 32
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self._set_attributes(**kwargs)
+
+    def _set_attributes(self, **kwargs):
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    def to_dict(self):
+        output = super().to_dict()
+        for key in (
+            "num_frames", "fps", "max_frames", "temporal_group_size", "sampling", "size", "crop_size",
+            "image_mean", "image_std", "do_flip", "scene_alpha", "thumbnail_size",
+        ):  # fmt: skip
+            output[key] = getattr(self, key)
+        return output
+
+    # -- sampling -----------------------------------------------------------------------------------------------
+
+    def _frame_count(self, num_frames, fps, seconds, max_frames) -> int:
+        group = self.temporal_group_size
+        if fps is not None:
+            if not fps > 0:
+                raise ValueError(f"`fps` must be positive, got {fps}.")
+            return frames_for_fps(seconds, fps, max_frames, group)
+        if num_frames is None or int(num_frames) != num_frames or num_frames <= 0:
+            raise ValueError(f"`num_frames` must be a positive integer, got {num_frames}.")
+        return round_up_to_group(int(num_frames), group)
+
+    def _time_range(self, reader: VideoReader, start_time, end_time) -> tuple[int, int]:
+        index = reader.index
+        first, stop = 0, index.num_frames
+        if start_time is None and end_time is None:
+            return first, stop
+        start_time = 0.0 if start_time is None else float(start_time)
+        end_time = math.inf if end_time is None else float(end_time)
+        if start_time < 0 or start_time >= end_time:
+            raise ValueError(f"Need 0 <= start_time < end_time, got start_time={start_time}, end_time={end_time}.")
+        seconds = (index.pts - index.start_pts).astype(np.float64) * float(index.time_base)
+        inside = np.flatnonzero((seconds >= start_time) & (seconds < end_time))
+        if inside.size == 0:
+            raise ValueError(
+                f"No frame of {reader.name} lies in [{start_time}, {end_time}) s (the video lasts {index.duration:.3f} s)."
+            )
+        return int(inside[0]), int(inside[-1]) + 1
+
+    def _scene_segments(self, reader: VideoReader, first: int, stop: int) -> list[tuple[int, int]]:
+        keys, thumbs = reader.keyframe_thumbnails(self.thumbnail_size)
+        keep = (keys >= first) & (keys < stop)
+        keys, thumbs = keys[keep], thumbs[keep]
+        if keys.size < 2:
+            return [(first, stop - 1)]
+        features = torch.from_numpy(thumbs.reshape(keys.size, -1).astype(np.float32))
+        features = features - features.mean(
+            dim=1, keepdim=True
+        )  # cosine of centred thumbnails: contrast, not brightness
+        boundaries = find_scene_boundaries(features, mode="threshold", alpha=self.scene_alpha)
+        starts = [first] + [int(keys[b + 1]) for b in boundaries[:-1]]
+        ends = [s - 1 for s in starts[1:]] + [stop - 1]
+        return list(zip(starts, ends))
+
+    def _decode_video(self, video, num_frames, fps, max_frames, start_time, end_time, sampling, return_scenes):
+        with VideoReader(video) as reader:
+            index = reader.index
+            first, stop = self._time_range(reader, start_time, end_time)
+            count = stop - first
+            seconds = count / index.fps
+            k = self._frame_count(num_frames, fps, seconds, max_frames)
+            scenes = None
+            if sampling == "scenes" or return_scenes:
+                segments = self._scene_segments(reader, first, stop)
+                times = index.timestamps(range(index.num_frames))
+                end_times = times[1:] + [index.duration]
+                scenes = [(s, e, times[s], end_times[e]) for s, e in segments]
+            if sampling == "scenes":
+                indices = spread_over_scenes(segments, k)
+            else:
+                indices = uniform_indices(first, count, k)
+            frames = reader.get_frames(indices)
+            metadata = VideoLlambVideoMetadata(
+                total_num_frames=index.num_frames,
+                fps=index.fps,
+                width=index.width,
+                height=index.height,
+                duration=index.duration,
+                video_backend="pyav",
+                frames_indices=indices.tolist(),
+                frames_timestamps=index.timestamps(indices),
+                scenes=scenes if return_scenes else None,
+                rotation=index.rotation,
+            )
+        return frames, metadata
+
+    def _sample_array(self, video, num_frames, fps, sampling):
+        frames = _frames_from_array(video)
+        if fps is not None:
+            raise ValueError(
+                "`fps` sampling needs the video's timing: pass a file, URL or bytes, or use `num_frames`."
+            )
+        if sampling == "scenes":
+            raise ValueError("`sampling='scenes'` needs an encoded video (it reads keyframes): pass a file or bytes.")
+        k = self._frame_count(num_frames, None, None, None)
+        indices = uniform_indices(0, frames.shape[0], k)
+        metadata = VideoLlambVideoMetadata(
+            total_num_frames=frames.shape[0],
+            width=frames.shape[2],
+            height=frames.shape[1],
+            video_backend="array",
+            frames_indices=indices.tolist(),
+        )
+        return frames[indices], metadata
+
+    # -- main entry ---------------------------------------------------------------------------------------------
+
+    def preprocess(
+        self,
+        videos,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+        sampling: str | None = None,
+        do_flip: bool | None = None,
+        return_metadata: bool = False,
+        return_scenes: bool = False,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Decode, sample and transform one video or a batch.
+
+        Returns:
+            `BatchFeature` with `pixel_values_videos (B, T, 3, 224, 224)`; `video_frames_mask (B, T)` when the
+            videos have different frame counts (shorter ones padded at the end); `video_metadata` (a list of
+            [`VideoLlambVideoMetadata`]) with `return_metadata=True` or `return_scenes=True`.
+        """
+        unknown = set(kwargs) - set(VideoLlambVideosKwargs.__annotations__) - {"device", "video_metadata"}
+        if unknown:
+            raise TypeError(f"Unexpected video processor arguments: {sorted(unknown)}.")
+        num_frames = self.num_frames if num_frames is None else num_frames
+        fps = self.fps if fps is None else fps
+        max_frames = self.max_frames if max_frames is None else max_frames
+        sampling = self.sampling if sampling is None else sampling
+        do_flip = self.do_flip if do_flip is None else do_flip
+        if sampling not in ("uniform", "scenes"):
+            raise ValueError(f"`sampling` must be 'uniform' or 'scenes', got {sampling!r}.")
+        size = self.size["shortest_edge"]
+        crop = (self.crop_size["height"], self.crop_size["width"])
+
+        pixel_values, metadata = [], []
+        for video in make_batched_videos(videos):
+            if isinstance(video, (str, Path, bytes, bytearray, memoryview)) or hasattr(video, "read"):
+                frames, meta = self._decode_video(
+                    video, num_frames, fps, max_frames, start_time, end_time, sampling, return_scenes
+                )
+            elif isinstance(video, (np.ndarray, torch.Tensor, list, tuple)):
+                if start_time is not None or end_time is not None:
+                    raise ValueError("`start_time`/`end_time` need the video's timing: pass a file, URL or bytes.")
+                frames, meta = self._sample_array(video, num_frames, fps, sampling)
+            else:
+                raise TypeError(f"Cannot read a video from {describe(video)}. Accepted: {ACCEPTED}.")
+            pixels = transform_video_frames(frames, size, crop, self.image_mean, self.image_std)
+            if do_flip and torch.rand(()) < 0.5:  # training augmentation only (off by default)
+                pixels = pixels.flip(-1)
+            pixel_values.append(pixels)
+            metadata.append(meta)
+
+        lengths = [p.shape[0] for p in pixel_values]
+        longest = max(lengths)
+        data = {
+            "pixel_values_videos": torch.stack(
+                [F.pad(p, (0, 0, 0, 0, 0, 0, 0, longest - p.shape[0])) for p in pixel_values]
+            )
+        }
+        if len(set(lengths)) > 1:
+            data["video_frames_mask"] = torch.arange(longest)[None] < torch.tensor(lengths)[:, None]
+        if return_metadata or return_scenes:
+            data["video_metadata"] = metadata
+        return BatchFeature(data=data, tensor_type=None if return_tensors in (None, "pt") else return_tensors)
+
+
+__all__ = [
+    "VideoDecodingError",
+    "VideoLlambVideoMetadata",
+    "VideoLlambVideoProcessor",
+    "transform_video_frames",
+]
