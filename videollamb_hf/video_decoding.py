@@ -162,7 +162,9 @@ class VideoReader:
         try:
             yield from self.container.demux(self.stream)
         except av.FFmpegError as error:
-            warnings.warn(f"{self.name}: the stream ends early ({error}); using the frames before that point.")
+            warnings.warn(
+                f"{self.name}: the stream ends early ({error}); using the frames before that point.", stacklevel=2
+            )
 
     def _build_index(self) -> VideoIndex:
         stream = self.stream
@@ -234,7 +236,7 @@ class VideoReader:
                 frames = packet.decode()
             except av.FFmpegError as error:
                 if not warned:
-                    warnings.warn(f"{self.name}: skipping undecodable data ({error}).")
+                    warnings.warn(f"{self.name}: skipping undecodable data ({error}).", stacklevel=2)
                     warned = True
                 continue
             yield from frames
@@ -284,13 +286,16 @@ class VideoReader:
                 position = int(np.searchsorted(pts, frame_pts))
                 if frame_pts != target_pts:
                     warnings.warn(
-                        f"{self.name}: frame {target} could not be decoded; using the next decodable frame instead."
+                        f"{self.name}: frame {target} could not be decoded; using the next decodable frame instead.",
+                        stacklevel=2,
                     )
                 found[target] = self._to_rgb(frame)
                 break
             else:
                 if found:
-                    warnings.warn(f"{self.name}: frame {target} could not be decoded; using the last decoded one.")
+                    warnings.warn(
+                        f"{self.name}: frame {target} could not be decoded; using the last decoded one.", stacklevel=2
+                    )
                     found[target] = found[max(found)]
                 else:
                     raise VideoDecodingError(f"{self.name}: no frame could be decoded.")
