@@ -302,13 +302,14 @@ class VideoReader:
         return found
 
     def keyframe_thumbnails(self, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """Small grayscale thumbnails of the keyframes only (the decoder skips every other frame).
+        """Small grayscale thumbnails of the intra-coded frames only (keyframes and the I-frames encoders put at
+        scene cuts); the decoder skips every other frame.
 
         Returns:
             `(frame indices (K,), thumbnails (K, size, size) uint8)`.
         """
         codec = self.stream.codec_context
-        codec.skip_frame = "NONKEY"
+        codec.skip_frame = "NONINTRA"
         try:
             self.container.seek(0)
             indices, thumbs = [], []

@@ -12,11 +12,14 @@ Rules (documented choices):
   `num_frames` is used, rounded UP to a multiple of the temporal group size (8): 12 -> 16, 1 -> 8.
 - `start_time` / `end_time` (seconds from the first frame) restrict sampling to frames with
   `start_time <= t < end_time`.
-- `sampling="scenes"`: a keyframe-only pre-pass (tiny grayscale thumbnails, no full decode) feeds SceneTilling;
-  the frame budget is spread over the scenes it finds (at least one frame per scene while the budget allows, the
-  rest in proportion to scene length, uniform within a scene), so a short scene in a long video is not skipped.
-  Cuts are seen where the encoder put a keyframe (encoders put one at scene changes); its cost is one decode
-  of the keyframes (`benchmarks/bench_video_decode.py`).
+- `sampling="scenes"`: a sparse pre-pass decodes only the intra-coded frames (the decoder skips all others) into
+  tiny grayscale thumbnails and runs SceneTilling (threshold mode) on them (with fewer than 4 intra frames, each
+  starts a scene); the frame budget is then spread over
+  the scenes found (at least one frame per scene while the budget allows, the rest in proportion to scene length,
+  uniform within a scene), so a short scene in a long video is not skipped. Limitation: a cut is seen only where
+  the encoder put an intra frame, which encoders do at scene changes (x264: at most every `keyint_min` frames,
+  25 by default), so a scene shorter than that right after another cut can be missed. Its cost is one decode of
+  the intra frames (`benchmarks/bench_video_decode.py`).
 """
 
 import math
@@ -276,7 +279,10 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
         features = features - features.mean(
             dim=1, keepdim=True
         )  # cosine of centred thumbnails: contrast, not brightness
-        boundaries = find_scene_boundaries(features, mode="threshold", alpha=self.scene_alpha)
+        if keys.size - 1 >= 3:
+            boundaries = find_scene_boundaries(features, mode="threshold", alpha=self.scene_alpha)
+        else:  # too few intra frames for a threshold: each one the encoder put there starts a scene
+            boundaries = list(range(keys.size))
         starts = [first] + [int(keys[b + 1]) for b in boundaries[:-1]]
         ends = [s - 1 for s in starts[1:]] + [stop - 1]
         return list(zip(starts, ends))
