@@ -106,3 +106,10 @@ def reference_frames(path, indices):
                     array = np.rot90(array, k=int(frame.rotation) // 90)
                 found[i] = array
     return np.stack([found[int(i)] for i in indices])
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tmp_path_factory):
+    from videollamb_hf.testing_utils import get_tiny_processor
+
+    return get_tiny_processor(tmp_path_factory.mktemp("tiny_tokenizer"))

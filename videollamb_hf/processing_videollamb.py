@@ -106,9 +106,6 @@ class VideoLlambProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "video_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    video_processor_class = "AutoVideoProcessor"
-    tokenizer_class = "AutoTokenizer"
     valid_processor_kwargs = VideoLlambProcessorKwargs
     video_token = "<video>"
     image_token = "<image>"
@@ -135,6 +132,20 @@ class VideoLlambProcessor(ProcessorMixin):
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
 
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        # transformers' top-level AutoVideoProcessor is a placeholder without torchvision: load our parts directly.
+        from transformers import AutoTokenizer
+
+        from .image_processing_videollamb import VideoLlambImageProcessor
+        from .video_processing_videollamb import VideoLlambVideoProcessor
+
+        return [
+            VideoLlambImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
+            VideoLlambVideoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
+        ]
+
     def check_argument_for_proper_class(self, argument_name, argument):
         # transformers' check reads a dummy mapping for video processors when torchvision is absent.
         if argument_name == "video_processor":
@@ -149,28 +160,39 @@ class VideoLlambProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_seq_length
 
-    def _tokenize_piece(self, piece: str) -> list[int]:
-        """A piece of prompt as the original's slow LLaMA tokenizer sees it (without BOS).
+    def _tokenize_piece(self, piece: str, start: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """A piece of prompt as the original's slow LLaMA tokenizer sees it (without BOS), with character spans
+        in the whole prompt.
 
         The original tokenizes each piece with the dummy prefix `▁`; a fast tokenizer adds it only when the piece
         does not start with a space, so a leading space is doubled to get the original's `▁▁...`."""
         if not piece:
-            return []
+            return [], []
+        shift = 0
         if piece.startswith(" "):
-            piece = " " + piece
-        return self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            piece, shift = " " + piece, 1
+        encoded = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [(max(0, a - shift) + start, max(0, b - shift) + start) for a, b in encoded["offset_mapping"]]
+        return encoded["input_ids"], spans
 
-    def _tokenize_prompt(self, text: str, add_special_tokens: bool) -> list[int]:
-        pieces = re.split(f"({re.escape(self.video_token)}|{re.escape(self.image_token)})", text)
-        ids = [self.tokenizer.bos_token_id] if add_special_tokens and self.tokenizer.bos_token_id is not None else []
-        for piece in pieces:
-            if piece == self.video_token:
-                ids += [self.video_token_id] * self.video_seq_length
-            elif piece == self.image_token:
-                ids += [self.image_token_id] * self.image_seq_length
+    def _tokenize_prompt(self, text: str, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of one prompt (placeholders expanded) and each token's character span in `text` (empty spans
+        for BOS and placeholders)."""
+        ids, spans, position = [], [], 0
+        if add_special_tokens and self.tokenizer.bos_token_id is not None:
+            ids, spans = [self.tokenizer.bos_token_id], [(0, 0)]
+        for piece in re.split(f"({re.escape(self.video_token)}|{re.escape(self.image_token)})", text):
+            if piece in (self.video_token, self.image_token):
+                video = piece == self.video_token
+                count = self.video_seq_length if video else self.image_seq_length
+                ids += [self.video_token_id if video else self.image_token_id] * count
+                spans += [(position, position)] * count
             else:
-                ids += self._tokenize_piece(piece)
-        return ids
+                piece_ids, piece_spans = self._tokenize_piece(piece, position)
+                ids += piece_ids
+                spans += piece_spans
+            position += len(piece)
+        return ids, spans
 
     def __call__(self, text=None, images=None, videos=None, audio=None, **kwargs) -> BatchFeature:
         """Tokenize `text` (a string or a list, with `<video>` / `<image>` placeholders) and process the media.
@@ -193,6 +215,8 @@ class VideoLlambProcessor(ProcessorMixin):
         padding = kwargs.pop("padding", True)
         padding_side = kwargs.pop("padding_side", None) or self.tokenizer.padding_side
         return_tensors = kwargs.pop("return_tensors", "pt")
+        return_offsets = kwargs.pop("return_offsets_mapping", False)
+        return_replacements = kwargs.pop("return_text_replacement_offsets", False)
         for key in ("do_sample_frames", "truncation", "max_length", "sanitize_control_tokens"):
             kwargs.pop(key, None)
         videos_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in VideoLlambVideosKwargs.__annotations__}
@@ -221,24 +245,35 @@ class VideoLlambProcessor(ProcessorMixin):
         if image_list:
             data.update(self.image_processor(image_list, **images_kwargs))
 
-        rows = [self._tokenize_prompt(t, add_special_tokens) for t in texts]
+        encoded = [self._tokenize_prompt(t, add_special_tokens) for t in texts]
+        rows, spans = [ids for ids, _ in encoded], [sp for _, sp in encoded]
+        masks = [[1] * len(r) for r in rows]
         if padding or len(rows) > 1:
             width = max(len(r) for r in rows)
             pad = self.tokenizer.pad_token_id
-            masks = [[1] * len(r) for r in rows]
-            if padding_side == "left":
-                rows = [[pad] * (width - len(r)) + r for r in rows]
-                masks = [[0] * (width - len(m)) + m for m in masks]
-            else:
-                rows = [r + [pad] * (width - len(r)) for r in rows]
-                masks = [m + [0] * (width - len(m)) for m in masks]
-        else:
-            masks = [[1] * len(r) for r in rows]
+            for i, row in enumerate(rows):
+                extra = width - len(row)
+                if padding_side == "left":
+                    rows[i], masks[i], spans[i] = (
+                        [pad] * extra + row,
+                        [0] * extra + masks[i],
+                        [(0, 0)] * extra + spans[i],
+                    )
+                else:
+                    rows[i], masks[i], spans[i] = (
+                        row + [pad] * extra,
+                        masks[i] + [0] * extra,
+                        spans[i] + [(0, 0)] * extra,
+                    )
         if return_tensors == "pt":
             data["input_ids"] = torch.tensor(rows, dtype=torch.long)
             data["attention_mask"] = torch.tensor(masks, dtype=torch.long)
         else:
             data["input_ids"], data["attention_mask"] = rows, masks
+        if return_offsets:
+            data["offset_mapping"] = spans  # spans in the unexpanded prompt text
+        if return_replacements:
+            data["text_replacement_offsets"] = [[] for _ in texts]  # spans are already in prompt coordinates
         return BatchFeature(data=data)
 
     def batch_decode(self, *args, **kwargs):
