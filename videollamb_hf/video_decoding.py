@@ -16,6 +16,7 @@ import os
 import urllib.error
 import urllib.request
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +32,12 @@ _IMAGE_FORMATS = {"image2", "image2pipe", "apng", "webp_pipe", "png_pipe", "jpeg
 # decoding on is cheaper than flushing the decoder (measured in benchmarks/bench_video_decode.py).
 SEEK_MIN_GAP = 16
 URL_TIMEOUT_S = 60.0
+# Videos up to this size keep their packets from the index pass (no second read when decoding from the start).
+PACKET_CACHE_MAX_BYTES = 64 * 2**20
+# Parallel decoders for sparse samples: one per available core (PyAV releases the GIL while decoding).
+MAX_DECODE_WORKERS = max(
+    1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+)
 ACCEPTED = (
     "a local video file path, an http(s) URL, bytes or a binary file object holding a video, a uint8 array "
     "(frames, height, width, 3), a torch tensor, or a list of PIL images / arrays"
@@ -53,7 +60,8 @@ class VideoIndex:
         fps (`float`): average frame rate (frames / duration).
         duration (`float`): seconds, first frame to the end of the last.
         width, height (`int`): frame size after rotation.
-        rotation (`int`): degrees counter-clockwise applied to each decoded frame.
+        rotation (`int`): degrees counter-clockwise applied to each decoded frame (read off the first decoded frame;
+            `width`/`height` follow it).
     """
 
     pts: np.ndarray
@@ -128,6 +136,14 @@ class VideoReader:
 
     def __init__(self, source, threads: bool = True):
         self._input, self.name = resolve_source(source)
+        # How to open the same input again for a parallel decoder (paths and in-memory bytes; not user streams).
+        if isinstance(self._input, str):
+            self._reopen = lambda path=self._input: path
+        elif isinstance(self._input, io.BytesIO):
+            data = self._input.getbuffer()
+            self._reopen = lambda: io.BytesIO(data)
+        else:
+            self._reopen = None
         try:
             self.container = av.open(self._input, mode="r", metadata_errors="ignore")
         except av.FFmpegError as error:
@@ -141,8 +157,7 @@ class VideoReader:
                 kinds = sorted({s.type for s in self.container.streams}) or ["none"]
                 raise VideoDecodingError(f"{self.name} has no video stream (streams: {', '.join(kinds)}).")
             self.stream = self.container.streams.video[0]
-            if threads:
-                self.stream.thread_type = "AUTO"
+            self.threads = threads
             self.index = self._build_index()
         except BaseException:
             self.container.close()
@@ -157,10 +172,11 @@ class VideoReader:
     def close(self):
         self.container.close()
 
-    def _packets(self):
+    def _packets(self, container=None, stream=None):
         """Demux the video stream; a truncated file ends the stream (with a warning) instead of failing."""
+        container = container or self.container
         try:
-            yield from self.container.demux(self.stream)
+            yield from container.demux(stream or self.stream)
         except av.FFmpegError as error:
             warnings.warn(
                 f"{self.name}: the stream ends early ({error}); using the frames before that point.", stacklevel=2
@@ -169,8 +185,15 @@ class VideoReader:
     def _build_index(self) -> VideoIndex:
         stream = self.stream
         pts, keys = [], []
+        # A small video's packets are kept from this pass, so that decoding from the start replays them instead of
+        # reading the file a second time.
+        cache = [] if self._input_size() <= PACKET_CACHE_MAX_BYTES else None
         for packet in self._packets():
-            if packet.size == 0 or packet.is_discard:
+            if packet.size == 0:
+                continue
+            if cache is not None:
+                cache.append(packet)
+            if packet.is_discard:
                 continue
             if packet.pts is None:
                 return self._build_index_by_decoding()
@@ -178,8 +201,30 @@ class VideoReader:
             keys.append(packet.is_keyframe)
         if not pts:
             raise VideoDecodingError(f"{self.name} holds no video frame.")
+        self._packet_cache = cache
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
         return self._finish_index(np.asarray(pts, dtype=np.int64)[order], np.asarray(keys, dtype=bool)[order], stream)
+
+    def _input_size(self) -> int:
+        if isinstance(self._input, str):
+            return os.path.getsize(self._input)
+        if isinstance(self._input, io.BytesIO):
+            return self._input.getbuffer().nbytes
+        return PACKET_CACHE_MAX_BYTES + 1
+
+    def _replay_cached_packets(self):
+        """Decoded frames of the whole stream from the packets kept by the index pass."""
+        self.container.seek(0)  # resets the decoder
+        warned = False
+        for packet in [*self._packet_cache, None]:
+            try:
+                frames = self.stream.decode(packet)
+            except av.FFmpegError as error:
+                if not warned:
+                    warnings.warn(f"{self.name}: skipping undecodable data ({error}).", stacklevel=2)
+                    warned = True
+                continue
+            yield from frames
 
     def _build_index_by_decoding(self) -> VideoIndex:
         """Fallback for streams without packet timestamps (e.g. raw H.264): decode once to count."""
@@ -201,10 +246,6 @@ class VideoReader:
         if span <= 0:
             rate = float(stream.average_rate or stream.guessed_rate or 1)
             span = pts.shape[0] / rate
-        width, height = stream.codec_context.width, stream.codec_context.height
-        rotation = self._rotation()
-        if rotation % 180:
-            width, height = height, width
         return VideoIndex(
             pts=pts,
             keyframes=np.flatnonzero(keys),
@@ -212,26 +253,15 @@ class VideoReader:
             start_pts=int(pts[0]),
             fps=pts.shape[0] / span,
             duration=span,
-            width=width,
-            height=height,
-            rotation=rotation,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            rotation=0,
         )
 
-    def _rotation(self) -> int:
-        """Rotation from the display matrix (degrees counter-clockwise, a multiple of 90), read off the first
-        decoded frame, which carries it in every PyAV version."""
-        self.container.seek(0)
-        try:
-            for frame in self._decoded_frames():
-                return int(round(frame.rotation or 0)) % 360 // 90 * 90
-        finally:
-            self.container.seek(0)
-        return 0
-
-    def _decoded_frames(self):
+    def _decoded_frames(self, container=None, stream=None):
         """Decoded frames from the current position; a packet that fails to decode is skipped with a warning."""
         warned = False
-        for packet in self._packets():
+        for packet in self._packets(container, stream):
             try:
                 frames = packet.decode()
             except av.FFmpegError as error:
@@ -241,7 +271,17 @@ class VideoReader:
                 continue
             yield from frames
 
+    def _note_rotation(self, frame):
+        """The display-matrix rotation travels with decoded frames; the index learns it from the first one."""
+        rotation = int(round(frame.rotation or 0)) % 360 // 90 * 90
+        if rotation != self.index.rotation:
+            index = self.index
+            if (rotation - index.rotation) % 180:
+                index.width, index.height = index.height, index.width
+            index.rotation = rotation
+
     def _to_rgb(self, frame) -> np.ndarray:
+        self._note_rotation(frame)
         array = frame.to_ndarray(format="rgb24")
         if self.index.rotation:
             array = np.ascontiguousarray(np.rot90(array, k=self.index.rotation // 90))
@@ -258,10 +298,41 @@ class VideoReader:
                 f"Frame indices must lie in [0, {index.num_frames - 1}], got {indices.min()}..{indices.max()}."
             )
         targets = np.unique(indices)
-        found = self._decode_targets(targets)
+        parts = self._split_for_workers(targets)
+        if len(parts) > 1:
+            with ThreadPoolExecutor(len(parts)) as pool:
+                found = {}
+                for part in pool.map(self._decode_in_own_container, parts):
+                    found.update(part)
+        else:
+            if self.threads and not self.stream.codec_context.is_open:  # fixed once the decoder has started
+                self.stream.thread_type = "AUTO"
+            found = self._decode_targets(targets, self.container, self.stream)
         return np.stack([found[int(i)] for i in indices])
 
-    def _decode_targets(self, targets: np.ndarray) -> dict[int, np.ndarray]:
+    def _seeks(self, targets: np.ndarray) -> np.ndarray:
+        """Which targets the decoder reaches by seeking (the others by decoding on from the previous target)."""
+        keyframes = self.index.keyframes[np.searchsorted(self.index.keyframes, targets, side="right") - 1]
+        previous = np.concatenate([[-(10**18)], targets[:-1]])
+        return keyframes > previous + SEEK_MIN_GAP
+
+    def _split_for_workers(self, targets: np.ndarray) -> list[np.ndarray]:
+        """Sparse samples (several seeks) are decoded by independent decoders in parallel, one per core, each on
+        a contiguous share of the seeks; dense samples by one frame-threaded decoder."""
+        if self._reopen is None or getattr(self, "_sequential_only", False):
+            return [targets]
+        seeks = np.flatnonzero(self._seeks(targets))
+        workers = min(MAX_DECODE_WORKERS, len(seeks))
+        if workers < 2:
+            return [targets]
+        cuts = seeks[np.linspace(0, len(seeks), workers, endpoint=False).astype(int)][1:]
+        return np.split(targets, cuts)
+
+    def _decode_in_own_container(self, targets: np.ndarray) -> dict[int, np.ndarray]:
+        with av.open(self._reopen(), mode="r", metadata_errors="ignore") as container:
+            return self._decode_targets(targets, container, container.streams.video[self.stream.index])
+
+    def _decode_targets(self, targets: np.ndarray, container, stream) -> dict[int, np.ndarray]:
         index = self.index
         pts = index.pts
         found: dict[int, np.ndarray] = {}
@@ -272,12 +343,15 @@ class VideoReader:
             keyframe = int(index.keyframes[np.searchsorted(index.keyframes, target, side="right") - 1])
             must_seek = frames is None or target <= position
             if not sequential and (must_seek or keyframe > position + SEEK_MIN_GAP):
-                self.container.seek(int(pts[keyframe]), stream=self.stream, backward=True, any_frame=False)
-                frames = self._decoded_frames()
+                if keyframe == 0 and container is self.container and getattr(self, "_packet_cache", None):
+                    frames = self._replay_cached_packets()
+                else:
+                    container.seek(int(pts[keyframe]), stream=stream, backward=True, any_frame=False)
+                    frames = self._decoded_frames(container, stream)
                 position = -1
             elif frames is None:
-                self.container.seek(0)
-                frames = self._decoded_frames()
+                container.seek(0)
+                frames = self._decoded_frames(container, stream)
             target_pts = int(pts[target])
             for frame in frames:
                 frame_pts = frame.pts
