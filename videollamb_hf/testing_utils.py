@@ -190,7 +190,9 @@ def get_tiny_processor(directory):
 
 
 __all__ = [
+    "DecodeWatchdog",
     "TINY_CORPUS",
+    "mutate_video_bytes",
     "get_tiny_processor",
     "save_tiny_tokenizer",
     "get_tiny_config",
@@ -199,3 +201,126 @@ __all__ = [
     "literal_depth_scores",
     "literal_scene_boundaries",
 ]
+
+
+def fuzz_worker_main(size: int = 32, num_frames: int = 8):
+    """Child process of `DecodeWatchdog`: read length-prefixed inputs on stdin, decode each, answer one JSON line
+    per input on stdout."""
+    import json
+    import struct
+    import sys
+    import warnings
+
+    import torch
+
+    from .video_processing_videollamb import VideoLlambVideoProcessor
+
+    warnings.simplefilter("ignore")
+    processor = VideoLlambVideoProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    stdin, stdout = sys.stdin.buffer, sys.stdout
+    while header := stdin.read(4):
+        data = stdin.read(struct.unpack("<I", header)[0])
+        try:
+            pixels = processor(data, num_frames=num_frames)["pixel_values_videos"]
+            good = pixels.shape == (1, num_frames, 3, size, size) and bool(torch.isfinite(pixels).all())
+            answer = ["decoded", ""] if good else ["other", f"bad output {tuple(pixels.shape)}"]
+        except (ValueError, FileNotFoundError, TypeError) as error:
+            answer = ["clear error", type(error).__name__]
+        except Exception as error:  # noqa: BLE001 - the point is to count these
+            answer = ["other", f"{type(error).__name__}: {error}"]
+        stdout.write(json.dumps(answer) + "\n")
+        stdout.flush()
+
+
+class DecodeWatchdog:
+    """Decodes untrusted video bytes in a child process with a time bound enforced from outside (FFmpeg can hang
+    or crash inside a process). `outcome(data)` returns `(kind, detail)`, kind one of "decoded" (a finite tensor of
+    the right shape), "clear error" (a documented `ValueError`/`FileNotFoundError`/`TypeError`), "other" (any other
+    exception, or the child crashed) and "over the time bound" (the child is killed and restarted). Use as a
+    context manager."""
+
+    def __init__(self, timeout_s: float = 10.0, size: int = 32, num_frames: int = 8, startup_s: float = 120.0):
+        self.timeout_s, self.size, self.num_frames, self.startup_s = timeout_s, size, num_frames, startup_s
+        self._process = None
+
+    def _start(self):
+        import subprocess
+        import sys
+
+        code = f"from videollamb_hf.testing_utils import fuzz_worker_main; fuzz_worker_main({self.size}, {self.num_frames})"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        self._fresh = True
+
+    def _stop(self):
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def outcome(self, data: bytes) -> tuple[str, str]:
+        import json
+        import select
+        import struct
+
+        if self._process is None or self._process.poll() is not None:
+            self._start()
+        try:
+            self._process.stdin.write(struct.pack("<I", len(data)) + data)
+            self._process.stdin.flush()
+        except OSError:
+            self._stop()
+            return "other", "decoder process died"
+        limit = self.timeout_s + (self.startup_s if self._fresh else 0.0)  # the first answer waits for imports
+        ready, _, _ = select.select([self._process.stdout], [], [], limit)
+        if not ready:
+            self._stop()
+            return "over the time bound", f"> {self.timeout_s} s"
+        line = self._process.stdout.readline()
+        if not line:
+            code = self._process.poll()
+            self._stop()
+            return "other", f"decoder process died (exit code {code})"
+        self._fresh = False
+        kind, detail = json.loads(line)
+        return kind, detail
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._process is not None:
+            try:
+                self._process.stdin.close()
+                self._process.wait(timeout=10)
+            except Exception:  # noqa: BLE001
+                pass
+        self._stop()
+
+
+def mutate_video_bytes(data: bytes, other: bytes, rng) -> bytes:
+    """One random corruption of a video file: truncation, bit flips, an overwritten or zeroed range, a removed or
+    duplicated chunk, or a header spliced onto another file's body. `rng`: a `random.Random`."""
+    n = len(data)
+    kind = rng.randrange(6)
+    if kind == 0:
+        return data[: rng.randrange(n)]
+    buffer = bytearray(data)
+    if kind == 1:
+        for _ in range(rng.randint(1, 64)):
+            buffer[rng.randrange(n)] ^= 1 << rng.randrange(8)
+    elif kind == 2:
+        start = rng.randrange(n)
+        length = rng.randint(1, 4096)
+        buffer[start : start + length] = bytes(rng.randrange(256) for _ in range(min(length, n - start)))
+    elif kind == 3:
+        start = rng.randrange(n)
+        buffer[start : start + rng.randint(1, 65536)] = b""
+    elif kind == 4:
+        start, length = rng.randrange(n), rng.randint(1, 8192)
+        buffer[start:start] = buffer[start : start + length]
+    else:
+        cut = rng.randrange(1, min(n, 4096))
+        return bytes(buffer[:cut]) + other[rng.randrange(len(other)) :]
+    return bytes(buffer)
