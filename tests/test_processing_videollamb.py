@@ -266,3 +266,29 @@ def test_save_and_load_with_autoprocessor(tiny_processor, tmp_path):
         loaded(text=text, videos=[FRAMES])["input_ids"], tiny_processor(text=text, videos=[FRAMES])["input_ids"]
     )
     assert loaded.chat_template == tiny_processor.chat_template
+
+
+def test_tiny_repo_end_to_end_on_a_real_clip(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from videollamb_hf.testing_utils import save_tiny_repo
+
+    save_tiny_repo(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert processor.video_seq_length == model.config.video_seq_length
+    assert processor.image_seq_length == model.config.image_seq_length
+    assert (processor.video_token_id, processor.image_token_id) == (
+        model.config.video_token_id,
+        model.config.image_token_id,
+    )
+    messages = [
+        {"role": "user", "content": [{"type": "video", "path": str(VIDEOS / "dance.mp4")},
+                                     {"type": "text", "text": "What happens after the cut?"}]}
+    ]  # fmt: skip
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    out = model(**inputs)
+    assert out.logits.shape[:2] == inputs["input_ids"].shape
+    assert len(out.video_features.scene_boundaries[0]) >= 2
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(generated[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])

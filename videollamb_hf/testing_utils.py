@@ -189,8 +189,30 @@ def get_tiny_processor(directory):
     )
 
 
+def save_tiny_repo(directory, seed: int = 0) -> str:
+    """Write a complete tiny VideoLLaMB folder (random weights): the tiny processor and a tiny model whose
+    vocabulary and placeholder ids match its tokenizer. Loadable with `AutoModelForImageTextToText` and
+    `AutoProcessor`; what it generates is noise. Returns the directory."""
+    import torch
+
+    from .modeling_videollamb import VideoLlambForConditionalGeneration
+
+    processor = get_tiny_processor(directory)
+    text = dict(TINY_TEXT, vocab_size=len(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id)
+    config = get_tiny_config(
+        text_config=text, video_token_id=processor.video_token_id, image_token_id=processor.image_token_id
+    )
+    torch.manual_seed(seed)
+    model = VideoLlambForConditionalGeneration(config)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)
+
+
 __all__ = [
     "DecodeWatchdog",
+    "save_tiny_repo",
     "TINY_CORPUS",
     "mutate_video_bytes",
     "get_tiny_processor",
