@@ -303,13 +303,59 @@ def test_flip_is_opt_in(processor):
 
 
 def test_save_and_load(tmp_path):
-    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
-
-    import videollamb_hf  # noqa: F401
-
     processor = VideoLlambVideoProcessor(num_frames=24, sampling="scenes")
     processor.save_pretrained(tmp_path)
     loaded = VideoLlambVideoProcessor.from_pretrained(tmp_path)
     assert (loaded.num_frames, loaded.sampling) == (24, "scenes")
     assert loaded.to_dict() == processor.to_dict()
-    _ = AutoVideoProcessor
+
+
+def test_a_corrupt_frame_mid_video_is_replaced_with_a_warning(processor, tmp_path):
+    import av
+
+    path = write_video(tmp_path / "good.mp4", scene_frames([60], noise=10), gop=20, faststart=True)
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(path.read_bytes())
+    position, size = packets[30]
+    data[position : position + size] = b"\x00" * size  # one P-frame's payload destroyed
+    (tmp_path / "bad.mp4").write_bytes(data)
+    with pytest.warns(UserWarning, match="could not be decoded|undecodable"):
+        with VideoReader(tmp_path / "bad.mp4") as reader:
+            frames = reader.get_frames(np.arange(60))
+    assert frames.shape == (60, 48, 64, 3)
+    good = reference_frames(path, range(60))
+    assert np.array_equal(frames[:20], good[:20])  # the GOP before the damage is untouched
+    with pytest.warns(UserWarning):
+        assert processor(str(tmp_path / "bad.mp4"))["pixel_values_videos"].isfinite().all()
+
+
+def test_frame_count_comes_from_the_packets_not_the_header(tmp_path):
+    import av
+
+    path = tmp_path / "no_count.mkv"
+    with av.open(str(path), "w") as container:  # Matroska stores no frame count
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for array in scene_frames([30]):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 0
+    with VideoReader(path) as reader:
+        assert reader.index.num_frames == 30
+        indices = np.linspace(0, 29, 16, dtype=int)
+        assert np.array_equal(reader.get_frames(indices), reference_frames(path, indices))
+
+
+def test_registered_with_the_video_processor_auto_class(tmp_path):
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
+    from videollamb_hf.testing_utils import get_tiny_config
+
+    VideoLlambVideoProcessor(num_frames=32).save_pretrained(tmp_path)
+    get_tiny_config().save_pretrained(tmp_path)
+    loaded = AutoVideoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, VideoLlambVideoProcessor) and loaded.num_frames == 32
