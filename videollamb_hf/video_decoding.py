@@ -159,6 +159,9 @@ class VideoReader:
             self.stream = self.container.streams.video[0]
             self.threads = threads
             self.index = self._build_index()
+        except av.FFmpegError as error:
+            self.container.close()
+            raise VideoDecodingError(f"Could not read {self.name} as a video: {error}.") from error
         except BaseException:
             self.container.close()
             raise
@@ -214,7 +217,7 @@ class VideoReader:
 
     def _replay_cached_packets(self):
         """Decoded frames of the whole stream from the packets kept by the index pass."""
-        self.container.seek(0)  # resets the decoder
+        self.stream.codec_context.flush_buffers()  # a fresh start for the decoder; no container seek needed
         warned = False
         for packet in [*self._packet_cache, None]:
             try:
@@ -289,6 +292,12 @@ class VideoReader:
 
     def get_frames(self, indices) -> np.ndarray:
         """RGB frames at `indices` (presentation order, repeats allowed), `(len(indices), H, W, 3)` uint8."""
+        try:
+            return self._get_frames(indices)
+        except av.FFmpegError as error:  # e.g. a damaged file that cannot seek
+            raise VideoDecodingError(f"Could not decode {self.name}: {error}.") from error
+
+    def _get_frames(self, indices) -> np.ndarray:
         index = self.index
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
@@ -382,6 +391,13 @@ class VideoReader:
         Returns:
             `(frame indices (K,), thumbnails (K, size, size) uint8)`.
         """
+        try:
+            return self._keyframe_thumbnails(size)
+        except av.FFmpegError as error:
+            raise VideoDecodingError(f"Could not decode {self.name}: {error}.") from error
+
+    def _keyframe_thumbnails(self, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+
         codec = self.stream.codec_context
         codec.skip_frame = "NONINTRA"
         try:
