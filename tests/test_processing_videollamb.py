@@ -230,6 +230,14 @@ def test_video_file_blocks_and_kwargs(tiny_processor):
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, processor_kwargs={"fps": 2}
     )
     assert out["pixel_values_videos"].shape[1] == 8  # 6.09 s x 2 = 13 -> 8
+    out = tiny_processor.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        processor_kwargs={"sampling": "scenes", "num_frames": 8, "return_scenes": True},
+    )
+    assert out["pixel_values_videos"].shape[1] == 8 and out["video_metadata"][0].scenes[0][0] == 0
 
 
 def test_batches_pad_with_unk_on_the_tokenizer_side(tiny_processor):

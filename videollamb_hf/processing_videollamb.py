@@ -63,8 +63,9 @@ CHAT_TEMPLATE = (
 
 
 class VideoLlambProcessorKwargs(ProcessingKwargs, total=False):
+    """Lets `apply_chat_template(..., processor_kwargs=...)` route our video options (`sampling`, ...)."""
+
     videos_kwargs: VideoLlambVideosKwargs
-    _defaults = {"text_kwargs": {"padding": True}}
 
 
 def _is_frame(item) -> bool:

@@ -24,7 +24,7 @@ Rules (documented choices):
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,6 @@ class VideoLlambVideoMetadata(VideoMetadata):
     frames_timestamps: list[float] | None = None
     scenes: list[tuple[int, int, float, float]] | None = None
     rotation: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def timestamps(self) -> list[float]:
