@@ -218,16 +218,7 @@ class VideoReader:
     def _replay_cached_packets(self):
         """Decoded frames of the whole stream from the packets kept by the index pass."""
         self.stream.codec_context.flush_buffers()  # a fresh start for the decoder; no container seek needed
-        warned = False
-        for packet in [*self._packet_cache, None]:
-            try:
-                frames = self.stream.decode(packet)
-            except av.FFmpegError as error:
-                if not warned:
-                    warnings.warn(f"{self.name}: skipping undecodable data ({error}).", stacklevel=2)
-                    warned = True
-                continue
-            yield from frames
+        return self._decode_packets([*self._packet_cache, None], self.stream)
 
     def _build_index_by_decoding(self) -> VideoIndex:
         """Fallback for streams without packet timestamps (e.g. raw H.264): decode once to count."""
@@ -262,11 +253,16 @@ class VideoReader:
         )
 
     def _decoded_frames(self, container=None, stream=None):
-        """Decoded frames from the current position; a packet that fails to decode is skipped with a warning."""
+        """Decoded frames from the current position of `container` (default: ours)."""
+        return self._decode_packets(self._packets(container, stream), stream or self.stream)
+
+    def _decode_packets(self, packets, stream):
+        """Frames decoded from `packets` (`None` flushes); a packet that fails to decode is skipped, with one
+        warning per call."""
         warned = False
-        for packet in self._packets(container, stream):
+        for packet in packets:
             try:
-                frames = packet.decode()
+                frames = stream.decode(packet)
             except av.FFmpegError as error:
                 if not warned:
                     warnings.warn(f"{self.name}: skipping undecodable data ({error}).", stacklevel=2)
