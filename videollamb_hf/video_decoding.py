@@ -157,6 +157,8 @@ class VideoReader:
                 kinds = sorted({s.type for s in self.container.streams}) or ["none"]
                 raise VideoDecodingError(f"{self.name} has no video stream (streams: {', '.join(kinds)}).")
             self.stream = self.container.streams.video[0]
+            if self.stream.codec_context is None:
+                raise VideoDecodingError(f"{self.name}: no decoder is available for its video codec.")
             self.threads = threads
             self.index = self._build_index()
         except av.FFmpegError as error:
