@@ -11,6 +11,7 @@ corrupt or truncated file, audio-only file, image file, unsupported URL scheme) 
 in the middle of a good video is replaced by the next decodable frame, with a warning.
 """
 
+import collections
 import io
 import os
 import urllib.error
@@ -314,7 +315,11 @@ class VideoReader:
         else:
             if self.threads and not self.stream.codec_context.is_open:  # fixed once the decoder has started
                 self.stream.thread_type = "AUTO"
-            found = self._decode_targets(targets, self.container, self.stream)
+            if MAX_DECODE_WORKERS > 1 and len(targets) > 1:
+                with ThreadPoolExecutor(MAX_DECODE_WORKERS) as convert:
+                    found = self._decode_targets(targets, self.container, self.stream, convert)
+            else:
+                found = self._decode_targets(targets, self.container, self.stream)
         return np.stack([found[int(i)] for i in indices])
 
     def _seeks(self, targets: np.ndarray) -> np.ndarray:
@@ -339,10 +344,13 @@ class VideoReader:
         with av.open(self._reopen(), mode="r", metadata_errors="ignore") as container:
             return self._decode_targets(targets, container, container.streams.video[self.stream.index])
 
-    def _decode_targets(self, targets: np.ndarray, container, stream) -> dict[int, np.ndarray]:
+    def _decode_targets(self, targets: np.ndarray, container, stream, convert=None) -> dict[int, np.ndarray]:
+        """RGB frames at sorted unique `targets`. With `convert` (an executor), the RGB conversions run on other
+        threads while decoding goes on (a few frames in flight at a time)."""
         index = self.index
         pts = index.pts
-        found: dict[int, np.ndarray] = {}
+        found: dict = {}
+        in_flight = collections.deque()
         frames = None
         position = -1  # index of the last frame the decoder returned
         sequential = getattr(self, "_sequential_only", False)
@@ -370,7 +378,13 @@ class VideoReader:
                         f"{self.name}: frame {target} could not be decoded; using the next decodable frame instead.",
                         stacklevel=2,
                     )
-                found[target] = self._to_rgb(frame)
+                if convert is None:
+                    found[target] = self._to_rgb(frame)
+                else:
+                    found[target] = convert.submit(self._to_rgb, frame)
+                    in_flight.append(found[target])
+                    if len(in_flight) > 4 * MAX_DECODE_WORKERS:
+                        in_flight.popleft().result()
                 break
             else:
                 if found:
@@ -380,7 +394,7 @@ class VideoReader:
                     found[target] = found[max(found)]
                 else:
                     raise VideoDecodingError(f"{self.name}: no frame could be decoded.")
-        return found
+        return {target: value.result() if convert is not None else value for target, value in found.items()}
 
     def keyframe_thumbnails(self, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Small grayscale thumbnails of the intra-coded frames only (keyframes and the I-frames encoders put at
