@@ -47,3 +47,18 @@ def test_python_snippets_run(tmp_path, monkeypatch):
 )
 def test_benchmarks_named_in_the_readme_exist(name):
     assert (ROOT / "benchmarks" / name).exists()
+
+
+def test_example_describe_video_runs_offline(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    video = ROOT.parent / "shared" / "data" / "videos" / "sample_demo_3.mp4"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "describe_video.py"), str(video), "--max-new-tokens", "4"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert report["random_weights"] is True and len(report["frame_timestamps_s"]) == 16
+    assert report["frame_timestamps_s"][0] == 0.0 and report["scene_ends_s"][-1] == report["frame_timestamps_s"][-1]
