@@ -98,7 +98,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long", default=str(ROOT / "benchmarks" / ".cache" / "long_720p.mp4"))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--long-repeats", type=int, default=3, help="rounds on the long video (each takes ~1 min)")
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--long-only", action="store_true")
     args = parser.parse_args()
     videos = []
     if not args.skip_long:
@@ -109,12 +111,14 @@ def main():
             print(f"writing {args.long} (10 min, 1280x720, GOP 250)...", flush=True)
             write_long_video(args.long)
         videos.append(Path(args.long))
-    videos += sorted(SHARED_VIDEOS.glob("*.mp4"))
+    if not args.long_only:
+        videos += sorted(SHARED_VIDEOS.glob("*.mp4"))
     names = list(METHODS)
     print(f"{'video':>22} {'K':>3} " + " ".join(f"{n:>12}" for n in names) + "   identical  ratios vs ours")
     for path in videos:
         for k in (16, 64):
-            results = timed_round_robin(METHODS, path, k, args.repeats if path.stat().st_size < 5e7 else 1)
+            rounds = args.repeats if path.stat().st_size < 5e7 else args.long_repeats
+            results = timed_round_robin(METHODS, path, k, rounds)
             base_indices, base_frames = results["ours"][1]
             differ = [
                 f"{name}({len(frames)} frames)"
