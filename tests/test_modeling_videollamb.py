@@ -127,7 +127,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            assert model.model.memory_bridge.layers[0].gradient_checkpointing
+            assert model.model.language_model.layers[0].gradient_checkpointing
         ids = torch.tensor([prompt(model.config)])
         model(input_ids=ids, pixel_values_videos=video(16), labels=ids).loss.backward()
         grads.append(model.model.memory_bridge.layers[0].intermediate.weight.grad.clone())
