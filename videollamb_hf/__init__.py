@@ -3,9 +3,11 @@
 import sys
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
-from .configuration_videollamb import VideoLlambConfig, VideoLlambVisionConfig
+from .configuration_videollamb import VideoLlambConfig, VideoLlambOriginalConfig, VideoLlambVisionConfig
+from .convert_videollamb_original_to_hf import ORIGINAL_ARCHITECTURES, original_weight_conversions
 from .image_processing_videollamb import VideoLlambImageProcessor
 from .modeling_videollamb import (
     VideoLlambForConditionalGeneration,
@@ -26,16 +28,30 @@ __version__ = "0.1.0"
 
 AutoConfig.register(VideoLlambConfig.model_type, VideoLlambConfig, exist_ok=True)
 AutoConfig.register(VideoLlambVisionConfig.model_type, VideoLlambVisionConfig, exist_ok=True)
+# The authors' checkpoints (`model_type: "llava_llama"`): translated on load, keys renamed by transformers' own
+# conversion mechanism (the rules match only original key names, so native checkpoints pass unchanged).
+AutoConfig.register(VideoLlambOriginalConfig.model_type, VideoLlambOriginalConfig, exist_ok=True)
+register_checkpoint_conversion_mapping(VideoLlambConfig.model_type, original_weight_conversions(), overwrite=True)
 AutoModel.register(VideoLlambConfig, VideoLlambModel, exist_ok=True)
 AutoModel.register(VideoLlambVisionConfig, VideoLlambVideoTower, exist_ok=True)
 AutoModelForImageTextToText.register(VideoLlambConfig, VideoLlambForConditionalGeneration, exist_ok=True)
 AutoImageProcessor.register(VideoLlambConfig, slow_image_processor_class=VideoLlambImageProcessor, exist_ok=True)
 AutoVideoProcessor.register(VideoLlambConfig, VideoLlambVideoProcessor, exist_ok=True)
 AutoProcessor.register(VideoLlambConfig, VideoLlambProcessor, exist_ok=True)
+# Saved folders carry this package's modules and an `auto_map`, so they load with `trust_remote_code=True` where
+# videollamb_hf is not installed.
+VideoLlambConfig.register_for_auto_class()
+VideoLlambForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+VideoLlambProcessor.register_for_auto_class()
+VideoLlambVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+VideoLlambImageProcessor.register_for_auto_class("AutoImageProcessor")
 # TRL resolves `getattr(transformers, config.architectures[0])`: make our classes visible there. Set on the module
 # that `sys.modules` holds now: importing transformers' submodules may have replaced the lazy module object.
 for _cls in (VideoLlambConfig, VideoLlambModel, VideoLlambForConditionalGeneration):
     setattr(sys.modules["transformers"], _cls.__name__, _cls)
+# ... and the original `architectures` names, so `trl sft` on an original-layout repo builds our model.
+for _name in ORIGINAL_ARCHITECTURES:
+    setattr(sys.modules["transformers"], _name, VideoLlambForConditionalGeneration)
 
 __all__ = [
     "VideoDecodingError",
@@ -47,6 +63,7 @@ __all__ = [
     "VideoLlambVideoProcessor",
     "VideoLlambMemoryBridge",
     "VideoLlambModel",
+    "VideoLlambOriginalConfig",
     "VideoLlambPreTrainedModel",
     "VideoLlambRetriever",
     "VideoLlambVideoFeatures",

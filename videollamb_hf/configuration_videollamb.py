@@ -179,6 +179,41 @@ class VideoLlambConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._check_consistency()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        from .convert_videollamb_original_to_hf import download_options
+
+        with download_options(**kwargs):
+            config_dict, unused = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+            if config_dict.get("model_type") == "llava_llama":
+                return cls.from_dict(config_dict, **unused)
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Also reads the authors' LLaVA-layout configs (`model_type: "llava_llama"`, flat `mm_*` fields): they are
+        translated (see `convert_videollamb_original_to_hf.original_config_to_videollamb`); `video_tower=` /
+        `image_tower=` (folders or hub ids) override the LanguageBind tower paths they name."""
+        video_tower, image_tower = kwargs.pop("video_tower", None), kwargs.pop("image_tower", None)
+        if config_dict.get("model_type") == "llava_llama":
+            from .convert_videollamb_original_to_hf import original_config_to_videollamb
+
+            fields = original_config_to_videollamb(config_dict, video_tower=video_tower, image_tower=image_tower)
+            layout = fields.pop("_original_layout")
+            # Our own fields given as keyword arguments (`num_frames=32`, ...) apply before validation.
+            fields.update({k: kwargs.pop(k) for k in list(kwargs) if k in cls.__dataclass_fields__})
+            loaded = super().from_dict(fields, **kwargs)
+            config = loaded[0] if isinstance(loaded, tuple) else loaded
+            # Not serialised (see `to_dict`): only the loader and the vocabulary converter read it.
+            config._original_layout = layout
+            return loaded
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("_original_layout", None)
+        return output
+
     def _check_consistency(self):
         """The numbers must fit together; raises `ValueError` naming the fields."""
         for name in ("vision_config", "image_config"):
@@ -210,4 +245,19 @@ class VideoLlambConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` ({getattr(self, name)}) is outside the text vocabulary (size {vocab}).")
 
 
-__all__ = ["VideoLlambConfig", "VideoLlambVisionConfig"]
+class VideoLlambOriginalConfig(PreTrainedConfig):
+    """Registers the authors' `model_type: "llava_llama"` with `AutoConfig`: loading such a config gives the
+    translated [`VideoLlambConfig`] (or a clear error for LLaVA-layout checkpoints that are not VideoLLaMB)."""
+
+    model_type = "llava_llama"
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        return VideoLlambConfig.from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        return VideoLlambConfig.from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+
+__all__ = ["VideoLlambConfig", "VideoLlambOriginalConfig", "VideoLlambVisionConfig"]

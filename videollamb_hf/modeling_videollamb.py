@@ -14,6 +14,8 @@ Data flow for one video (shapes for the released 7B model):
 Quirks of the released weights that we keep (see `ORIGINAL_VIDEOLLAMB.md`) are named where they happen.
 """
 
+import contextlib
+import logging as std_logging
 import math
 from dataclasses import dataclass
 
@@ -376,6 +378,32 @@ class VideoLlambMultiModalProjector(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+_modeling_utils_logger = std_logging.getLogger("transformers.modeling_utils")
+
+
+class _HoldLoadReports(std_logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def filter(self, record):
+        if "LOAD REPORT" in str(record.msg):
+            self.records.append(record)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _held_load_reports():
+    """Hold back transformers' loading report while a load runs (re-emitted by the caller if it applies)."""
+    held = _HoldLoadReports()
+    _modeling_utils_logger.addFilter(held)
+    try:
+        yield held.records
+    finally:
+        _modeling_utils_logger.removeFilter(held)
+
+
 class VideoLlambPreTrainedModel(PreTrainedModel):
     config: VideoLlambConfig
     base_model_prefix = "model"
@@ -397,14 +425,42 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        # Loading replaces the parameters (all trainable again): re-apply `config.freeze_towers`.
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, plus:
+
+        - the authors' LLaVA-layout checkpoints (`model_type: "llava_llama"`, e.g. `ColorfulAI/VideoLLaMB`) load
+          directly: config translated, keys renamed and the vocabulary grown by transformers' conversion mechanism,
+          tower weights taken from the checkpoint or else from the LanguageBind folders (`video_tower=` /
+          `image_tower=` override the paths the config names); anything missing or unexpected is an error;
+        - safetensors only by default: a `.bin` checkpoint loads only with `use_safetensors=False` (and then with
+          `torch.load(weights_only=True)`);
+        - `config.freeze_towers` is re-applied (loading makes every parameter trainable again).
+        """
+        from .convert_videollamb_original_to_hf import DOWNLOAD_KWARG_NAMES, download_options, finish_original_loading
+
+        kwargs.setdefault("use_safetensors", True)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        with download_options(**kwargs), _held_load_reports() as reports:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        if getattr(model.config, "_original_layout", None):
+            # The strict check below replaces transformers' report (which would call the tower weights that
+            # come from the LanguageBind folders "newly initialized").
+            download = {k: kwargs[k] for k in DOWNLOAD_KWARG_NAMES if kwargs.get(k) is not None}
+            finish_original_loading(model, info, allow_pickle=kwargs["use_safetensors"] is False, **download)
+        else:
+            for record in reports:
+                _modeling_utils_logger.handle(record)
         for module in model.modules():
             if isinstance(module, VideoLlambModel):
                 module.set_towers_trainable(not module.config.freeze_towers)
-        return loaded
+        return (model, info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """transformers' `save_pretrained`, writing this package's key names by default (`save_original_format`
+        would otherwise reverse the renamings registered for the authors' checkpoints)."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -134,6 +134,67 @@ class VideoLlambProcessor(ProcessorMixin):
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' `from_pretrained`; for the authors' LLaVA-layout repos (`model_type: "llava_llama"`, no
+        processor files) the processor is built from the repo's tokenizer (`<video>` and `<image>` added as the
+        two ids after its vocabulary), our default video/image processors at the towers' resolution, the
+        `llava_v1` chat template and the slot counts of the translated config."""
+        from transformers.configuration_utils import PreTrainedConfig
+
+        download = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "revision", "subfolder")
+                    if kwargs.get(k) is not None}  # fmt: skip
+        try:
+            config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **download)
+        except (OSError, ValueError):
+            config_dict = {}
+        if config_dict.get("model_type") != "llava_llama":
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls.from_original_checkpoint(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_original_checkpoint(cls, pretrained_model_name_or_path, **kwargs):
+        """The processor of an original (`llava_llama`) VideoLLaMB repo; see `from_pretrained`."""
+        from transformers import AutoTokenizer
+
+        from .configuration_videollamb import VideoLlambConfig
+        from .image_processing_videollamb import VideoLlambImageProcessor
+        from .video_processing_videollamb import VideoLlambVideoProcessor
+
+        video_tower, image_tower = kwargs.pop("video_tower", None), kwargs.pop("image_tower", None)
+        config = VideoLlambConfig.from_pretrained(
+            pretrained_model_name_or_path, video_tower=video_tower, image_tower=image_tower, **kwargs
+        )
+        config_dict, _ = VideoLlambConfig.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+        def sizes(tower):
+            return {"shortest_edge": tower.image_size}, {"height": tower.image_size, "width": tower.image_size}
+
+        size, crop = sizes(config.vision_config)
+        video_processor = VideoLlambVideoProcessor(
+            size=size, crop_size=crop, num_frames=config.num_frames, temporal_group_size=config.temporal_group_size
+        )
+        size, crop = sizes(config.image_config)
+        image_processor = VideoLlambImageProcessor(
+            size=size, crop_size=crop, do_pad=config_dict.get("image_aspect_ratio") == "pad"
+        )
+        processor = cls(
+            image_processor=image_processor,
+            video_processor=video_processor,
+            tokenizer=tokenizer,
+            video_seq_length=config.video_seq_length,
+            image_seq_length=config.image_seq_length,
+        )
+        if (processor.video_token_id, processor.image_token_id) != (config.video_token_id, config.image_token_id):
+            raise ValueError(
+                f"The tokenizer of {pretrained_model_name_or_path} gives `<video>`/`<image>` the ids "
+                f"{processor.video_token_id}/{processor.image_token_id}, but the model reserves "
+                f"{config.video_token_id}/{config.image_token_id} (the two rows after the {config.video_token_id}-row "
+                "vocabulary): the tokenizer does not match this checkpoint's vocabulary."
+            )
+        return processor
+
+    @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # transformers' top-level AutoVideoProcessor is a placeholder without torchvision: load our parts directly.
         from transformers import AutoTokenizer

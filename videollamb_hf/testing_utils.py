@@ -210,8 +210,189 @@ def save_tiny_repo(directory, seed: int = 0) -> str:
     return str(directory)
 
 
+def original_keys(config) -> list[str]:
+    """The authors' `state_dict()` key names for a model of `config`'s sizes, written out from their module
+    structure (LLaVA's LLaMA, LanguageBind towers, `rmt_r_transformer1x` bridge + retriever)."""
+
+    def linear(prefix):
+        return [f"{prefix}.weight", f"{prefix}.bias"]
+
+    keys = ["lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"]
+    for i in range(config.text_config.num_hidden_layers):
+        p = f"model.layers.{i}"
+        keys += [f"{p}.self_attn.{x}_proj.weight" for x in "qkvo"]
+        keys += [f"{p}.mlp.{x}_proj.weight" for x in ("gate", "up", "down")]
+        keys += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
+    for tower, layers, temporal in (
+        ("model.video_tower.video_tower", config.vision_config.num_hidden_layers, True),
+        ("model.image_tower.image_tower", config.image_config.num_hidden_layers, False),
+    ):
+        keys += [f"{tower}.embeddings.class_embedding", f"{tower}.embeddings.patch_embedding.weight"]
+        keys += [f"{tower}.embeddings.position_embedding.weight"]
+        keys += linear(f"{tower}.pre_layrnorm") + linear(f"{tower}.post_layernorm")
+        for i in range(layers):
+            p = f"{tower}.encoder.layers.{i}"
+            for attn in ("self_attn", "temporal_attn") if temporal else ("self_attn",):
+                for x in ("q", "k", "v", "out"):
+                    keys += linear(f"{p}.{attn}.{x}_proj")
+            keys += linear(f"{p}.layer_norm1") + linear(f"{p}.layer_norm2")
+            keys += linear(f"{p}.mlp.fc1") + linear(f"{p}.mlp.fc2")
+            if temporal:
+                keys += [f"{p}.temporal_embedding"] + linear(f"{p}.temporal_layer_norm1")
+    attention = ["q_proj", "k_proj", "v_proj", "residual.dense", "residual.layernorm"]
+    for i in range(config.bridge_num_layers):
+        p = f"model.mm_projector.projector.layers.{i}"
+        for part in ("selfattention", "crossattention"):
+            for x in attention:
+                keys += linear(f"{p}.{part}.{x}")
+        keys += linear(f"{p}.mlp.0") + linear(f"{p}.residual.dense") + linear(f"{p}.residual.layernorm")
+    keys += linear("model.mm_projector.projector.proj.0")
+    keys += ["model.mm_projector.projector.read_memory_emb", "model.mm_projector.projector.memory_tokens"]
+    for part in ("selfattention", "crossattention"):
+        for x in attention:
+            keys += linear(f"model.mm_projector.retrieval.layers.0.{part}.{x}")
+    return keys
+
+
+def original_state_dict(model) -> dict:
+    """`model`'s weights under the authors' key names, with their 2-row-smaller vocabulary (no placeholders)."""
+    from .convert_videollamb_original_to_hf import convert_original_key
+
+    ours = model.state_dict()
+    inverse = {convert_original_key(k): k for k in original_keys(model.config)}
+    state = {inverse[k]: v.clone() for k, v in ours.items()}
+    vocab = model.config.text_config.vocab_size - 2
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[key] = state[key][:vocab].clone()
+    return state
+
+
+def _languagebind_folder(directory, tower, config, temporal: bool) -> None:
+    """A LanguageBind-layout folder: a whole CLIP config (`vision_config` + `text_config`) and `model.safetensors`
+    with `vision_model.*` (the tower), a text half and the projections."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vision = {k: getattr(config, k) for k in TINY_TOWER}
+    vision.update(add_time_attn=temporal, num_frames=8, lora_r=0, lora_alpha=16, lora_dropout=0.0,
+                  force_patch_dropout=0.0, video_decode_backend="decord")  # fmt: skip
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "vocab_size": 100, "max_position_embeddings": 77, "projection_dim": 32}  # fmt: skip
+    kind = "LanguageBindVideo" if temporal else "LanguageBindImage"
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": kind,
+                "architectures": [kind],
+                "projection_dim": 32,
+                "text_config": text,
+                "vision_config": vision,
+            },
+            indent=2,
+        )  # fmt: skip
+    )
+    state = {f"vision_model.{k}": v.contiguous().clone() for k, v in tower.state_dict().items()}
+    generator = torch.Generator().manual_seed(1)
+    state["text_model.embeddings.token_embedding.weight"] = torch.randn(100, 32, generator=generator)
+    state["text_model.final_layer_norm.weight"] = torch.ones(32)
+    state["text_projection.weight"] = torch.randn(32, 32, generator=generator)
+    state["visual_projection.weight"] = torch.randn(32, 32, generator=generator)
+    state["logit_scale"] = torch.tensor(2.6592)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def save_tiny_original_repo(directory, seed: int = 0, include_towers: bool = True, num_shards: int = 2) -> dict:
+    """A tiny checkpoint in the authors' LLaVA layout, as `ColorfulAI/VideoLLaMB` is on the Hub (real field and key
+    names, tiny sizes): flat `llava_llama` config.json with `mm_*` fields and the towers named as
+    `./checkpoints/LanguageBind_*`, `num_shards` safetensors shards + index under the original key names (32,000 ->
+    here 400 vocabulary rows, no placeholders), a sentencepiece `tokenizer.model` and no processor files; beside it
+    `checkpoints/LanguageBind_Video_merge` and `checkpoints/LanguageBind_Image` folders in LanguageBind's layout
+    (the config's relative tower paths resolve when the working directory is `directory`, as the authors ran it).
+    The numbers the authors hard-code (memory tokens, pool) are stated under the config's `"videollamb_hf"` key.
+
+    Returns a dict: `repo` (the checkpoint folder), `video_tower`, `image_tower` (the tower folders), `model` (the
+    HF-layout model whose weights were written, vocabulary 402).
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .modeling_videollamb import VideoLlambForConditionalGeneration
+
+    root = Path(directory)
+    repo = root / "videollamb-llava-1.5-7b"
+    save_tiny_tokenizer(repo)
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}
+    (repo / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    tokenizer_config = json.loads((repo / "tokenizer_config.json").read_text())
+    tokenizer_config.update(pad_token="<unk>", padding_side="right", model_max_length=2048)
+    (repo / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    vocab = 400
+    config = get_tiny_config(
+        text_config=dict(TINY_TEXT, vocab_size=vocab + 2), video_token_id=vocab, image_token_id=vocab + 1
+    )
+    torch.manual_seed(seed)
+    model = VideoLlambForConditionalGeneration(config).eval()
+    with torch.no_grad():  # read_memory_emb starts at zero: make every bridge weight matter
+        for name, parameter in model.named_parameters():
+            if "memory_bridge" in name or "projector" in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    state = original_state_dict(model)
+    if not include_towers:
+        state = {k: v for k, v in state.items() if ".video_tower." not in k and ".image_tower." not in k}
+    text = config.text_config
+    flat = {
+        "_name_or_path": "./checkpoints/videollamb-llava-1.5-7b",
+        "architectures": ["LlavaLlamaForCausalLMRMT"],
+        "model_type": "llava_llama",
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+        "hidden_act": "silu", "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
+        "initializer_range": 0.02, "max_position_embeddings": text.max_position_embeddings,
+        "num_attention_heads": text.num_attention_heads, "num_hidden_layers": text.num_hidden_layers,
+        "num_key_value_heads": text.num_key_value_heads, "pretraining_tp": 1, "rms_norm_eps": 1e-5,
+        "rope_scaling": None, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32",
+        "transformers_version": "4.39.1", "use_cache": True, "vocab_size": vocab,
+        "X": ["VIDEO", "IMAGE"], "freeze_mm_mlp_adapter": False, "image_aspect_ratio": "pad",
+        "mm_attention_probs_dropout_prob": 0.1, "mm_hidden_act": "gelu", "mm_hidden_dropout_prob": 0.1,
+        "mm_hidden_size": config.bridge_hidden_size, "mm_image_tower": "./checkpoints/LanguageBind_Image",
+        "mm_intermediate_size": config.bridge_intermediate_size, "mm_layer_norm_eps": 1e-12,
+        "mm_num_attention_heads": config.bridge_num_attention_heads, "mm_projector_lr": None,
+        "mm_projector_type": "rmt_r_transformer1x", "mm_use_x_patch_token": False, "mm_use_x_start_end": False,
+        "mm_video_tower": "./checkpoints/LanguageBind_Video_merge", "mm_vision_select_feature": "patch",
+        "mm_vision_select_layer": -2, "num_frames": 16, "tokenizer_model_max_length": 2048,
+        "tokenizer_padding_side": "right", "tune_mm_mlp_adapter": False, "use_mm_proj": True,
+        # What the authors' code hard-codes (32 memory tokens, 12x12 pool) at this tiny size.
+        "videollamb_hf": {"num_memory_tokens": config.num_memory_tokens, "pooled_grid_size": config.pooled_grid_size,
+                          "tower_chunk_size": config.tower_chunk_size},
+    }  # fmt: skip
+    (repo / "config.json").write_text(json.dumps(flat, indent=2))
+    keys = sorted(state)
+    shards = [keys[i::num_shards] for i in range(num_shards)]
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{num_shards:05d}.safetensors"
+        save_file({k: state[k].contiguous() for k in shard}, str(repo / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (repo / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    towers = root / "checkpoints"
+    _languagebind_folder(towers / "LanguageBind_Video_merge", model.model.video_tower, config.vision_config, True)
+    _languagebind_folder(towers / "LanguageBind_Image", model.model.image_tower, config.image_config, False)
+    return {"repo": str(repo), "video_tower": str(towers / "LanguageBind_Video_merge"),
+            "image_tower": str(towers / "LanguageBind_Image"), "root": str(root), "model": model}  # fmt: skip
+
+
 __all__ = [
     "DecodeWatchdog",
+    "original_keys",
+    "original_state_dict",
+    "save_tiny_original_repo",
     "save_tiny_repo",
     "TINY_CORPUS",
     "mutate_video_bytes",
