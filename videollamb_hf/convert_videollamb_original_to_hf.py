@@ -349,7 +349,7 @@ def _matches_any(key: str, patterns) -> bool:
 
 def _tower_files(source: str, allow_pickle: bool) -> list[str]:
     """Weight files of a LanguageBind folder or repo: safetensors (one file or an index), else a `.bin` only with
-    the explicit opt-in (`use_safetensors=False`)."""
+    the explicit opt-in (`use_safetensors=None` or `False`)."""
     single = _fetch(source, "model.safetensors")
     if single:
         return [single]
@@ -362,7 +362,7 @@ def _tower_files(source: str, allow_pickle: bool) -> list[str]:
     if binary and not allow_pickle:
         raise ValueError(
             f"The tower folder {source} has only a pickled `pytorch_model.bin`. videollamb_hf loads safetensors only "
-            "unless told otherwise: pass `use_safetensors=False` to load it with `torch.load(weights_only=True)`, "
+            "unless told otherwise: pass `use_safetensors=None` to load it with `torch.load(weights_only=True)`, "
             "or convert that folder to safetensors first."
         )
     if binary:
@@ -574,7 +574,7 @@ def convert_original_checkpoint(
         load = dict(download_kwargs, revision=revision) if revision else dict(download_kwargs)
         model = VideoLlambForConditionalGeneration.from_pretrained(
             original, video_tower=video_tower, image_tower=image_tower, dtype=dtype or "auto",
-            use_safetensors=not allow_pickle, **load,
+            use_safetensors=None if allow_pickle else True, **load,
         )  # fmt: skip
         if getattr(model.config, "_original_layout", None) is None:
             raise ValueError(

@@ -432,8 +432,8 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
           directly: config translated, keys renamed and the vocabulary grown by transformers' conversion mechanism,
           tower weights taken from the checkpoint or else from the LanguageBind folders (`video_tower=` /
           `image_tower=` override the paths the config names); anything missing or unexpected is an error;
-        - safetensors only by default: a `.bin` checkpoint loads only with `use_safetensors=False` (and then with
-          `torch.load(weights_only=True)`);
+        - safetensors only by default: `.bin` weights load only with an explicit `use_safetensors=None` (prefer
+          safetensors, accept `.bin`) or `False` (`.bin` only), and then with `torch.load(weights_only=True)`;
         - `config.freeze_towers` is re-applied (loading makes every parameter trainable again).
         """
         from .convert_videollamb_original_to_hf import DOWNLOAD_KWARG_NAMES, download_options, finish_original_loading
@@ -448,7 +448,7 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
             # The strict check below replaces transformers' report (which would call the tower weights that
             # come from the LanguageBind folders "newly initialized").
             download = {k: kwargs[k] for k in DOWNLOAD_KWARG_NAMES if kwargs.get(k) is not None}
-            finish_original_loading(model, info, allow_pickle=kwargs["use_safetensors"] is False, **download)
+            finish_original_loading(model, info, allow_pickle=kwargs["use_safetensors"] is not True, **download)
         else:
             for record in reports:
                 _modeling_utils_logger.handle(record)
