@@ -120,6 +120,20 @@ class VideoLlambConfig(PreTrainedConfig):
     scene_tiling_mode (`str`):
         `"top_k"` (the released bridge: the `scene_tiling_top_k` deepest gaps) or `"threshold"` (gaps deeper than
         mean + `scene_tiling_alpha` * std, at most `scene_tiling_max_boundaries`).
+    segment_position_embeddings (`int`):
+        Rows of a learned per-segment position table; row `s` is added to every pooled token of segment `s` before
+        the bridge. 0 (the released bridge): none. `ColorfulAI/VideoLLaMB_Mem`: 1024 (`abs_vid_pe`).
+    bridge_memory_cache (`str`):
+        What the retriever attends over: `"memories"` (the released bridge: the new memory of every segment so
+        far) or `"segment_states"` (VideoLLaMB_Mem: the bridge outputs of every segment's tokens so far).
+    bridge_output (`str`):
+        What reaches the language model for a video: `"last_segment"` (the released bridge: the last segment's
+        tokens, the memory carries the rest) or `"memories"` (VideoLLaMB_Mem: the refreshed memory after every
+        segment, `num_memory_tokens` per segment). For an image, `"memories"` gives its refreshed memory (the
+        retriever over its own tokens) instead of its tokens.
+    max_image_like_frames (`int`):
+        With `bridge_output="memories"`, a video of at most this many frames is encoded frame by frame like
+        images (VideoLLaMB_Mem: 3); 0: never.
     initializer_range (`float`):
         Standard deviation of the random initialisation of linear layers.
     """
@@ -158,21 +172,38 @@ class VideoLlambConfig(PreTrainedConfig):
     scene_tiling_top_k: int = 3
     scene_tiling_alpha: float = 0.5
     scene_tiling_max_boundaries: int = 15
+    segment_position_embeddings: int = 0
+    bridge_memory_cache: Literal["memories", "segment_states"] = "memories"
+    bridge_output: Literal["last_segment", "memories"] = "last_segment"
+    max_image_like_frames: int = 0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
     @property
     def temporal_group_size(self) -> int:
-        return self.vision_config.temporal_group_size
+        """Frames a video's count must be a multiple of (1 for a tower without temporal attention)."""
+        return self.vision_config.temporal_group_size if self.vision_config.add_time_attn else 1
+
+    @property
+    def max_segments(self) -> int:
+        """The most segments SceneTilling can cut a video into."""
+        if self.scene_tiling_mode == "top_k":
+            return self.scene_tiling_top_k + 1
+        return self.scene_tiling_max_boundaries + 1
 
     @property
     def image_seq_length(self) -> int:
-        """Slots one image takes in `input_ids`: its pooled patch tokens."""
+        """Slots one image takes in `input_ids`: its pooled patch tokens (or its memory)."""
+        if self.bridge_output == "memories":
+            return self.num_memory_tokens
         return self.pooled_grid_size**2
 
     @property
     def video_seq_length(self) -> int:
-        """Slots one video takes in `input_ids`: the most visual tokens its last segment can give."""
+        """Slots one video takes in `input_ids`: the most visual tokens its last segment can give (or the
+        memories of the most segments)."""
+        if self.bridge_output == "memories":
+            return self.num_memory_tokens * max(self.max_segments, self.max_image_like_frames)
         return self.max_frames_per_segment * self.pooled_grid_size**2
 
     def __post_init__(self, **kwargs):

@@ -42,12 +42,17 @@ SUPPORTED_PROJECTOR_TYPES = ("rmt_r_transformer1x",)
 ORIGINAL_KEY_RENAMINGS: list[tuple[str, str]] = [
     # Language model.
     (r"^model\.(layers|norm)\.", r"model.language_model.\1."),
-    # Towers: LanguageBind keeps CLIP's module names below `vision_model`, which the authors' wrapper drops.
+    # Towers: LanguageBind keeps CLIP's module names below `vision_model`, which the authors' wrapper drops; a
+    # plain CLIP tower (VideoLLaMB_Mem's `CLIPVideoTower`) keeps `vision_model`.
+    (r"^model\.video_tower\.video_tower\.vision_model\.", "model.video_tower."),
+    (r"^model\.image_tower\.image_tower\.vision_model\.", "model.image_tower."),
     (r"^model\.video_tower\.video_tower\.", "model.video_tower."),
     (r"^model\.image_tower\.image_tower\.", "model.image_tower."),
     # Memory bridge: `projector.proj.0` is the linear projector to the language model, the rest is the bridge.
     (r"^model\.mm_projector\.projector\.proj\.0\.", "model.multi_modal_projector.linear."),
     (r"^model\.mm_projector\.projector\.", "model.memory_bridge."),
+    # VideoLLaMB_Mem's per-segment position table.
+    (r"^model\.mm_projector\.abs_vid_pe\.", "model.memory_bridge.segment_position_embedding."),
     # The retriever is one bridge-style layer; its self-attention exists in the checkpoint but is never run.
     (
         r"^model\.mm_projector\.retrieval\.layers\.0\.crossattention\.",
@@ -97,6 +102,8 @@ LANGUAGEBIND_VISION_DEFAULTS = {
     "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5,
 }
+# `openai/clip-vit-large-patch14-336`, VideoLLaMB_Mem's per-frame video tower (LLaVA-1.5's vision tower).
+CLIP_L14_336_DEFAULTS = dict(LANGUAGEBIND_VISION_DEFAULTS, image_size=336)
 _CLIP_VISION_FIELDS = (*LANGUAGEBIND_VISION_DEFAULTS, "attention_dropout", "initializer_range", "initializer_factor")
 _LLAMA_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -119,7 +126,23 @@ _BRIDGE_FIELDS = {
 }
 # Towers the authors reference by local path -> the hub repository of that name.
 _TOWER_REPOS = {"LanguageBind_Video_merge": "LanguageBind/LanguageBind_Video_merge",
-                "LanguageBind_Image": "LanguageBind/LanguageBind_Image"}  # fmt: skip
+                "LanguageBind_Image": "LanguageBind/LanguageBind_Image",
+                "clip-vit-large-patch14-336": "openai/clip-vit-large-patch14-336",
+                "clip-vit-large-patch14": "openai/clip-vit-large-patch14"}  # fmt: skip
+# What the vendored copy of the authors' package that runs `ColorfulAI/VideoLLaMB_Mem` (bigai-nlco/MM-NIAVH,
+# needlehaystack/baselines/llava) computes differently, as our config fields. Its config keeps the projector
+# string `rmt_r_transformer1x`; its video tower is a plain CLIP (the authors' builder picks `CLIPVideoTower`
+# whenever "clip" is in `mm_video_tower`), and its checkpoint holds `model.mm_projector.abs_vid_pe.weight`.
+MEM_VARIANT_FIELDS = {
+    "pooled_grid_size": 14,  # 24 x 24 patches -> AdaptiveAvgPool2d((14, 14))
+    "scene_tiling_mode": "threshold",  # segment(cls) with its default alpha
+    "scene_tiling_alpha": 0.5,
+    "scene_tiling_max_boundaries": 7,  # self_segment.py caps at 7 (the released bridge's copy: 15)
+    "segment_position_embeddings": 1024,  # abs_vid_pe = nn.Embedding(1024, mm_hidden_size)
+    "bridge_memory_cache": "segment_states",  # the cache holds the segments' bridge outputs
+    "bridge_output": "memories",  # the LLM gets proj(cat(memory after each segment)), no patch tokens
+    "max_image_like_frames": 3,  # t <= 3 frames: frame by frame, like images
+}
 
 # Download options of the `from_pretrained` call in progress (cache, token, offline), for the tower folders.
 _DOWNLOAD_KWARGS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("videollamb_download", default=None)
@@ -172,13 +195,14 @@ def _fetch(source: str, filename: str) -> str | None:
         return None
 
 
-def languagebind_vision_config(source: str | None, name: str) -> dict:
-    """The `vision_config` of a LanguageBind folder / repo, or the published architecture (with an info line)."""
+def languagebind_vision_config(source: str | None, name: str, defaults: dict = LANGUAGEBIND_VISION_DEFAULTS) -> dict:
+    """The `vision_config` of a LanguageBind (or CLIP) folder / repo, or the published architecture `defaults`
+    (with an info line)."""
     path = _fetch(source, "config.json") if source else None
     if path is None:
-        logger.info("%s: no LanguageBind config found (%s); using the published LanguageBind architecture "
-                    "(CLIP ViT-L/14, 224 px).", name, source)  # fmt: skip
-        return dict(LANGUAGEBIND_VISION_DEFAULTS)
+        logger.info("%s: no tower config found (%s); using the published architecture (CLIP ViT-L/14, %d px).",
+                    name, source, defaults["image_size"])  # fmt: skip
+        return dict(defaults)
     with open(path, encoding="utf-8") as file:
         config = json.load(file)
     vision = config.get("vision_config", config)
@@ -213,8 +237,8 @@ def original_config_to_videollamb(config_dict: dict, video_tower=None, image_tow
             "Other LLaVA variants (e.g. `mlp2x_gelu` projectors) are not VideoLLaMB checkpoints."
         )
     modalities = config_dict.get("X", ["VIDEO", "IMAGE"])
-    if sorted(modalities) != ["IMAGE", "VIDEO"]:
-        raise ValueError(f"Unsupported `X` {modalities!r}: VideoLLaMB checkpoints have both VIDEO and IMAGE towers.")
+    if "VIDEO" not in modalities:
+        raise ValueError(f"Unsupported `X` {modalities!r}: VideoLLaMB checkpoints have a VIDEO tower.")
     for flag in ("mm_use_x_start_end", "mm_use_x_patch_token", "mm_use_im_start_end"):
         if config_dict.get(flag):
             raise ValueError(f"Unsupported `{flag}: true`: the released VideoLLaMB checkpoints use no such tokens.")
@@ -231,15 +255,31 @@ def original_config_to_videollamb(config_dict: dict, video_tower=None, image_tow
     text.setdefault("tie_word_embeddings", False)
 
     fields = {ours: config_dict[theirs] for theirs, ours in _BRIDGE_FIELDS.items() if theirs in config_dict}
+    # The authors' builder picks a plain per-frame CLIP video tower whenever "clip" is in the path: that is
+    # VideoLLaMB_Mem, whose bridge differs too (MEM_VARIANT_FIELDS).
+    video_path = config_dict.get("mm_video_tower") or ""
+    variant = "mem" if "clip" in video_path else "main"
     sources = {
-        "video_tower": tower_source(config_dict.get("mm_video_tower"), video_tower),
-        "image_tower": tower_source(config_dict.get("mm_image_tower"), image_tower),
+        "video_tower": tower_source(video_path, video_tower),
+        # A config without an image tower (X = ["VIDEO"]) gets LanguageBind's, whose weights then load from there.
+        "image_tower": tower_source(config_dict.get("mm_image_tower") or "LanguageBind_Image", image_tower),
     }
-    vision = languagebind_vision_config(sources["video_tower"], "video tower")
-    vision.setdefault("add_time_attn", True)
-    if not vision.pop("add_time_attn"):
-        raise ValueError(f"The video tower at {sources['video_tower']} has no temporal attention (`add_time_attn`).")
-    image = languagebind_vision_config(sources["image_tower"], "image tower")
+    if variant == "mem":
+        vision = languagebind_vision_config(sources["video_tower"], "video tower", CLIP_L14_336_DEFAULTS)
+        vision.pop("add_time_attn", None)
+        vision["add_time_attn"] = False
+        fields.update(MEM_VARIANT_FIELDS)
+        logger.info("Original checkpoint: the VideoLLaMB_Mem variant (per-frame CLIP video tower, memories to the "
+                    "language model); bridge fields %s.", MEM_VARIANT_FIELDS)  # fmt: skip
+    else:
+        vision = languagebind_vision_config(sources["video_tower"], "video tower")
+        vision.setdefault("add_time_attn", True)
+        if not vision["add_time_attn"]:
+            raise ValueError(f"The video tower at {sources['video_tower']} has no temporal attention.")
+    image_defaults = CLIP_L14_336_DEFAULTS if "clip" in (config_dict.get("mm_image_tower") or "") else None
+    image = languagebind_vision_config(
+        sources["image_tower"], "image tower", image_defaults or LANGUAGEBIND_VISION_DEFAULTS
+    )
     image.pop("add_time_attn", None)
     width = config_dict.get("mm_hidden_size", LANGUAGEBIND_VISION_DEFAULTS["hidden_size"])
     for name, tower in (("video_tower", vision), ("image_tower", image)):
@@ -263,7 +303,8 @@ def original_config_to_videollamb(config_dict: dict, video_tower=None, image_tow
     fields.update(config_dict.get("videollamb_hf", {}))
     if "torch_dtype" in config_dict or "dtype" in config_dict:
         fields["dtype"] = config_dict.get("dtype", config_dict.get("torch_dtype"))
-    fields["_original_layout"] = {"model_type": ORIGINAL_MODEL_TYPE, "original_vocab_size": vocab, **sources}
+    fields["_original_layout"] = {"model_type": ORIGINAL_MODEL_TYPE, "original_vocab_size": vocab, "variant": variant,
+                                  **sources}  # fmt: skip
     return fields
 
 
@@ -455,7 +496,8 @@ def finish_original_loading(model, info: dict, allow_pickle: bool = False, **dow
         )
     info["missing_keys"] = missing
     info["unexpected_keys"] = unexpected
-    logger.info("Loaded an original VideoLLaMB checkpoint (LLaVA layout, projector rmt_r_transformer1x).")
+    name = "ColorfulAI/VideoLLaMB_Mem variant" if layout.get("variant") == "mem" else "released VideoLLaMB bridge"
+    logger.warning("Loaded an original VideoLLaMB checkpoint (LLaVA layout): the %s.", name)
 
 
 MODEL_CARD = """---

@@ -152,7 +152,9 @@ class VideoLlambVideoEncoderLayer(CLIPEncoderLayer):
 class VideoLlambVideoEncoder(nn.Module):
     def __init__(self, config: VideoLlambVisionConfig):
         super().__init__()
-        self.layers = nn.ModuleList([VideoLlambVideoEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        # Without temporal attention (VideoLLaMB_Mem's CLIP tower) the frames go through CLIP's own layers.
+        layer = VideoLlambVideoEncoderLayer if config.add_time_attn else CLIPEncoderLayer
+        self.layers = nn.ModuleList([layer(config) for _ in range(config.num_hidden_layers)])
 
 
 class VideoLlambVideoTower(CLIPPreTrainedModel):
@@ -314,6 +316,24 @@ class VideoLlambMemoryBridge(nn.Module):
         self.memory_tokens = nn.Parameter(torch.zeros(config.num_memory_tokens, config.bridge_hidden_size))
         self.layers = nn.ModuleList([VideoLlambBridgeLayer(config) for _ in range(config.bridge_num_layers)])
         self.retriever = VideoLlambRetriever(config)
+        self.cache_segment_states = config.bridge_memory_cache == "segment_states"
+        # VideoLLaMB_Mem's `abs_vid_pe`: row s is added to the tokens of segment s (zero-initialised there).
+        self.segment_position_embedding = (
+            nn.Embedding(config.segment_position_embeddings, config.bridge_hidden_size)
+            if config.segment_position_embeddings
+            else None
+        )
+
+    def add_segment_position(self, segment_tokens: torch.Tensor, segment_index: int) -> torch.Tensor:
+        """`segment_tokens + segment_position_embedding[segment_index]` (unchanged without the table)."""
+        if self.segment_position_embedding is None:
+            return segment_tokens
+        if segment_index >= self.segment_position_embedding.num_embeddings:
+            raise ValueError(
+                f"Segment {segment_index} has no position embedding (the table has "
+                f"{self.segment_position_embedding.num_embeddings} rows)."
+            )
+        return segment_tokens + self.segment_position_embedding.weight[segment_index].to(segment_tokens.dtype)
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """`(batch_size, num_memory_tokens, bridge_hidden_size)`. Quirk kept: later segments take the previous
@@ -347,18 +367,28 @@ class VideoLlambMemoryBridge(nn.Module):
         Args:
             segment_tokens (`torch.Tensor` of shape `(batch, segment_length, bridge_hidden_size)`).
             memory (`torch.Tensor` of shape `(batch, num_memory_tokens, D)`, *optional*): `None` starts a video.
-            memory_cache (`torch.Tensor` of shape `(batch, num_past_segments * num_memory_tokens, D)`, *optional*).
+            memory_cache (`torch.Tensor` of shape `(batch, cached_tokens, D)`, *optional*): the new memories of
+                the past segments (`num_memory_tokens` each), or with `bridge_memory_cache="segment_states"` their
+                bridge outputs.
 
         Returns:
             `(segment_output, memory, memory_cache)`: the segment's bridge outputs (before the projector), the
-            refreshed memory, and the cache with this segment's memory appended.
+            refreshed memory, and the cache with this segment's entry appended.
         """
         if memory is None:
             memory = self.initial_memory(segment_tokens.shape[0])
         segment_output, new_memory = self.encode_segment(segment_tokens, memory)
-        memory_cache = new_memory if memory_cache is None else torch.cat([memory_cache, new_memory], dim=1)
+        entry = segment_output if self.cache_segment_states else new_memory
+        memory_cache = entry if memory_cache is None else torch.cat([memory_cache, entry], dim=1)
         memory = self.retriever(new_memory, memory_cache)
         return segment_output, memory, memory_cache
+
+    def encode_independently(self, tokens: torch.Tensor) -> torch.Tensor:
+        """VideoLLaMB_Mem's image path: each row of `tokens (N, L, D)` (an image, or a frame of a very short
+        video) goes through the bridge from the initial memory, and its memory is refreshed from its own bridge
+        outputs. Returns the memories, `(N, num_memory_tokens, D)`."""
+        segment_output, new_memory = self.encode_segment(tokens, self.initial_memory(tokens.shape[0]))
+        return self.retriever(new_memory, segment_output)
 
 
 class VideoLlambMultiModalProjector(nn.Module):
@@ -601,8 +631,20 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
             pooled_per_video (`list[torch.Tensor]`): per video, `(num_frames, pooled_grid_size**2, D)` pooled patches.
         """
         config = self.config
+        bridge = self.memory_bridge
         visual_tokens, slots, boundaries_all, memories, caches = [], [], [], [], []
         for cls, pooled in zip(cls_per_video, pooled_per_video):
+            if config.bridge_output == "memories" and cls.shape[0] <= config.max_image_like_frames:
+                # VideoLLaMB_Mem: a video this short is read frame by frame, like images.
+                frame_memories = bridge.encode_independently(pooled)  # (T, M, D)
+                visual_tokens.append(
+                    _pad_to(self.multi_modal_projector(frame_memories.flatten(0, 1)), config.video_seq_length)
+                )
+                slots.append(frame_memories.shape[0] * frame_memories.shape[1])
+                boundaries_all.append(list(range(cls.shape[0])))
+                memories.append(frame_memories[-1])
+                caches.append(frame_memories.flatten(0, 1))
+                continue
             boundaries = find_scene_boundaries(
                 cls,
                 mode=config.scene_tiling_mode,
@@ -611,14 +653,21 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
                 max_boundaries=config.scene_tiling_max_boundaries,
             )
             memory = memory_cache = None
-            for start, end in boundaries_to_segments(boundaries):
+            segment_memories = []
+            for segment_index, (start, end) in enumerate(boundaries_to_segments(boundaries)):
                 # A long segment is sub-sampled; `torch.linspace(..., dtype=int)` truncates like the original.
                 steps = min(config.max_frames_per_segment, end - start + 1)
                 index = torch.linspace(start, end, steps, dtype=torch.int).to(pooled.device)
-                segment_tokens = pooled.index_select(0, index).reshape(1, -1, pooled.shape[-1])  # (1, steps*P, D)
-                segment_output, memory, memory_cache = self.memory_bridge.step(segment_tokens, memory, memory_cache)
-            # Only the last segment reaches the language model: memory carries the earlier ones.
-            tokens = self.multi_modal_projector(segment_output[0])
+                segment_tokens = bridge.add_segment_position(pooled.index_select(0, index), segment_index)
+                segment_tokens = segment_tokens.reshape(1, -1, pooled.shape[-1])  # (1, steps*P, D)
+                segment_output, memory, memory_cache = bridge.step(segment_tokens, memory, memory_cache)
+                segment_memories.append(memory)
+            if config.bridge_output == "memories":
+                # VideoLLaMB_Mem: the refreshed memory after every segment, in order.
+                tokens = self.multi_modal_projector(torch.cat(segment_memories, dim=1)[0])
+            else:
+                # Only the last segment reaches the language model: memory carries the earlier ones.
+                tokens = self.multi_modal_projector(segment_output[0])
             visual_tokens.append(_pad_to(tokens, config.video_seq_length))
             slots.append(tokens.shape[0])
             boundaries_all.append(boundaries)
@@ -646,6 +695,8 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
                 f"`pixel_values` must have shape (num_images, 3, height, width), got {tuple(pixel_values.shape)}."
             )
         _, pooled = self._encode_frames(self.image_tower, pixel_values)
+        if self.config.bridge_output == "memories":  # VideoLLaMB_Mem: the image's refreshed memory
+            return self.multi_modal_projector(self.memory_bridge.encode_independently(pooled))
         segment_output, _ = self.memory_bridge.encode_segment(
             pooled, self.memory_bridge.initial_memory(pooled.shape[0])
         )

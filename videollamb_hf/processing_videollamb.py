@@ -171,9 +171,15 @@ class VideoLlambProcessor(ProcessorMixin):
             return {"shortest_edge": tower.image_size}, {"height": tower.image_size, "width": tower.image_size}
 
         size, crop = sizes(config.vision_config)
+        video_options = {}
+        if config.bridge_output == "memories":
+            # VideoLLaMB_Mem, as the NIAVH runner feeds it: 1 frame per second (at most 512, no rounding), CLIP's
+            # image processor on each frame.
+            video_options = {"fps": 1, "max_frames": 512, "frame_transform": "clip"}
         video_processor = VideoLlambVideoProcessor(
-            size=size, crop_size=crop, num_frames=config.num_frames, temporal_group_size=config.temporal_group_size
-        )
+            size=size, crop_size=crop, num_frames=config.num_frames, temporal_group_size=config.temporal_group_size,
+            **video_options,
+        )  # fmt: skip
         size, crop = sizes(config.image_config)
         image_processor = VideoLlambImageProcessor(
             size=size, crop_size=crop, do_pad=config_dict.get("image_aspect_ratio") == "pad"

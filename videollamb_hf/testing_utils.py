@@ -212,7 +212,10 @@ def save_tiny_repo(directory, seed: int = 0) -> str:
 
 def original_keys(config) -> list[str]:
     """The authors' `state_dict()` key names for a model of `config`'s sizes, written out from their module
-    structure (LLaVA's LLaMA, LanguageBind towers, `rmt_r_transformer1x` bridge + retriever)."""
+    structure (LLaVA's LLaMA, LanguageBind towers, `rmt_r_transformer1x` bridge + retriever; for the
+    VideoLLaMB_Mem variant, `segment_position_embeddings > 0`: a CLIP video tower under `vision_model` and
+    `abs_vid_pe`)."""
+    mem = config.segment_position_embeddings > 0
 
     def linear(prefix):
         return [f"{prefix}.weight", f"{prefix}.bias"]
@@ -223,8 +226,9 @@ def original_keys(config) -> list[str]:
         keys += [f"{p}.self_attn.{x}_proj.weight" for x in "qkvo"]
         keys += [f"{p}.mlp.{x}_proj.weight" for x in ("gate", "up", "down")]
         keys += [f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"]
+    video_prefix = "model.video_tower.video_tower" + (".vision_model" if mem else "")
     for tower, layers, temporal in (
-        ("model.video_tower.video_tower", config.vision_config.num_hidden_layers, True),
+        (video_prefix, config.vision_config.num_hidden_layers, config.vision_config.add_time_attn),
         ("model.image_tower.image_tower", config.image_config.num_hidden_layers, False),
     ):
         keys += [f"{tower}.embeddings.class_embedding", f"{tower}.embeddings.patch_embedding.weight"]
@@ -251,6 +255,8 @@ def original_keys(config) -> list[str]:
     for part in ("selfattention", "crossattention"):
         for x in attention:
             keys += linear(f"model.mm_projector.retrieval.layers.0.{part}.{x}")
+    if mem:
+        keys.append("model.mm_projector.abs_vid_pe.weight")
     return keys
 
 
@@ -267,9 +273,10 @@ def original_state_dict(model) -> dict:
     return state
 
 
-def _languagebind_folder(directory, tower, config, temporal: bool) -> None:
-    """A LanguageBind-layout folder: a whole CLIP config (`vision_config` + `text_config`) and `model.safetensors`
-    with `vision_model.*` (the tower), a text half and the projections."""
+def _languagebind_folder(directory, tower, config, temporal: bool, kind: str | None = None) -> None:
+    """A LanguageBind-layout (or, with `kind="clip"`, OpenAI CLIP-layout) folder: a whole CLIP config
+    (`vision_config` + `text_config`) and `model.safetensors` with `vision_model.*` (the tower), a text half and
+    the projections."""
     import json
     from pathlib import Path
 
@@ -282,19 +289,23 @@ def _languagebind_folder(directory, tower, config, temporal: bool) -> None:
                   force_patch_dropout=0.0, video_decode_backend="decord")  # fmt: skip
     text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
             "vocab_size": 100, "max_position_embeddings": 77, "projection_dim": 32}  # fmt: skip
-    kind = "LanguageBindVideo" if temporal else "LanguageBindImage"
-    (directory / "config.json").write_text(
-        json.dumps(
-            {
-                "model_type": kind,
-                "architectures": [kind],
-                "projection_dim": 32,
-                "text_config": text,
-                "vision_config": vision,
-            },
-            indent=2,
-        )  # fmt: skip
-    )
+    kind = kind or ("LanguageBindVideo" if temporal else "LanguageBindImage")
+    if kind == "clip":
+        for key in ("add_time_attn", "num_frames", "lora_r", "lora_alpha", "lora_dropout", "force_patch_dropout",
+                    "video_decode_backend"):  # fmt: skip
+            vision.pop(key)
+        header = {"model_type": "clip", "architectures": ["CLIPModel"]}
+    else:
+        header = {"model_type": kind, "architectures": [kind]}
+    config_json = {**header, "projection_dim": 32, "text_config": text, "vision_config": vision}
+    (directory / "config.json").write_text(json.dumps(config_json, indent=2))
+    if kind == "clip":  # OpenAI's CLIP repos ship their image processor
+        size = vision["image_size"]
+        preprocessor = {"crop_size": size, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+                        "feature_extractor_type": "CLIPFeatureExtractor", "image_processor_type": "CLIPImageProcessor",
+                        "image_mean": [0.48145466, 0.4578275, 0.40821073], "resample": 3,
+                        "image_std": [0.26862954, 0.26130258, 0.27577711], "size": size}  # fmt: skip
+        (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     state = {f"vision_model.{k}": v.contiguous().clone() for k, v in tower.state_dict().items()}
     generator = torch.Generator().manual_seed(1)
     state["text_model.embeddings.token_embedding.weight"] = torch.randn(100, 32, generator=generator)
@@ -305,7 +316,9 @@ def _languagebind_folder(directory, tower, config, temporal: bool) -> None:
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
-def save_tiny_original_repo(directory, seed: int = 0, include_towers: bool = True, num_shards: int = 2) -> dict:
+def save_tiny_original_repo(
+    directory, seed: int = 0, include_towers: bool = True, num_shards: int = 2, variant: str = "main"
+) -> dict:
     """A tiny checkpoint in the authors' LLaVA layout, as `ColorfulAI/VideoLLaMB` is on the Hub (real field and key
     names, tiny sizes): flat `llava_llama` config.json with `mm_*` fields and the towers named as
     `./checkpoints/LanguageBind_*`, `num_shards` safetensors shards + index under the original key names (32,000 ->
@@ -313,6 +326,10 @@ def save_tiny_original_repo(directory, seed: int = 0, include_towers: bool = Tru
     `checkpoints/LanguageBind_Video_merge` and `checkpoints/LanguageBind_Image` folders in LanguageBind's layout
     (the config's relative tower paths resolve when the working directory is `directory`, as the authors ran it).
     The numbers the authors hard-code (memory tokens, pool) are stated under the config's `"videollamb_hf"` key.
+
+    `variant="mem"` writes the `ColorfulAI/VideoLLaMB_Mem` layout instead: the video tower a plain CLIP
+    (`./checkpoints/clip-vit-large-patch14-336`, an OpenAI-CLIP-layout folder), `abs_vid_pe` in the bridge, and
+    the tiny bridge pools the 4 x 4 patch grid to 3 x 3 (overlapping windows, as 24 -> 14).
 
     Returns a dict: `repo` (the checkpoint folder), `video_tower`, `image_tower` (the tower folders), `model` (the
     HF-layout model whose weights were written, vocabulary 402).
@@ -332,13 +349,20 @@ def save_tiny_original_repo(directory, seed: int = 0, include_towers: bool = Tru
     tokenizer_config = json.loads((repo / "tokenizer_config.json").read_text())
     tokenizer_config.update(pad_token="<unk>", padding_side="right", model_max_length=2048)
     (repo / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    from .convert_videollamb_original_to_hf import MEM_VARIANT_FIELDS
+
+    if variant not in ("main", "mem"):
+        raise ValueError(f"`variant` must be 'main' or 'mem', got {variant!r}.")
     vocab = 400
+    extra = {}
+    if variant == "mem":
+        extra = dict(MEM_VARIANT_FIELDS, pooled_grid_size=3, vision_config=dict(TINY_TOWER, add_time_attn=False))
     config = get_tiny_config(
-        text_config=dict(TINY_TEXT, vocab_size=vocab + 2), video_token_id=vocab, image_token_id=vocab + 1
+        text_config=dict(TINY_TEXT, vocab_size=vocab + 2), video_token_id=vocab, image_token_id=vocab + 1, **extra
     )
     torch.manual_seed(seed)
     model = VideoLlambForConditionalGeneration(config).eval()
-    with torch.no_grad():  # read_memory_emb starts at zero: make every bridge weight matter
+    with torch.no_grad():  # read_memory_emb (and abs_vid_pe) start at zero: make every bridge weight matter
         for name, parameter in model.named_parameters():
             if "memory_bridge" in name or "projector" in name:
                 parameter.add_(0.05 * torch.randn_like(parameter))
@@ -346,6 +370,8 @@ def save_tiny_original_repo(directory, seed: int = 0, include_towers: bool = Tru
     if not include_towers:
         state = {k: v for k, v in state.items() if ".video_tower." not in k and ".image_tower." not in k}
     text = config.text_config
+    video_name = "clip-vit-large-patch14-336" if variant == "mem" else "LanguageBind_Video_merge"
+    video_path = f"./checkpoints/{video_name}"
     flat = {
         "_name_or_path": "./checkpoints/videollamb-llava-1.5-7b",
         "architectures": ["LlavaLlamaForCausalLMRMT"],
@@ -363,7 +389,7 @@ def save_tiny_original_repo(directory, seed: int = 0, include_towers: bool = Tru
         "mm_intermediate_size": config.bridge_intermediate_size, "mm_layer_norm_eps": 1e-12,
         "mm_num_attention_heads": config.bridge_num_attention_heads, "mm_projector_lr": None,
         "mm_projector_type": "rmt_r_transformer1x", "mm_use_x_patch_token": False, "mm_use_x_start_end": False,
-        "mm_video_tower": "./checkpoints/LanguageBind_Video_merge", "mm_vision_select_feature": "patch",
+        "mm_video_tower": video_path, "mm_vision_select_feature": "patch",
         "mm_vision_select_layer": -2, "num_frames": 16, "tokenizer_model_max_length": 2048,
         "tokenizer_padding_side": "right", "tune_mm_mlp_adapter": False, "use_mm_proj": True,
         # What the authors' code hard-codes (32 memory tokens, 12x12 pool) at this tiny size.
@@ -382,9 +408,10 @@ def save_tiny_original_repo(directory, seed: int = 0, include_towers: bool = Tru
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (repo / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     towers = root / "checkpoints"
-    _languagebind_folder(towers / "LanguageBind_Video_merge", model.model.video_tower, config.vision_config, True)
+    kind = "clip" if variant == "mem" else None
+    _languagebind_folder(towers / video_name, model.model.video_tower, config.vision_config, variant == "main", kind)
     _languagebind_folder(towers / "LanguageBind_Image", model.model.image_tower, config.image_config, False)
-    return {"repo": str(repo), "video_tower": str(towers / "LanguageBind_Video_merge"),
+    return {"repo": str(repo), "video_tower": str(towers / video_name),
             "image_tower": str(towers / "LanguageBind_Image"), "root": str(root), "model": model}  # fmt: skip
 
 

@@ -205,6 +205,9 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
         image_mean, image_std: CLIP normalisation.
         do_flip (`bool`, defaults to `False`): random horizontal flip (p = 0.5) per video, for training only.
         scene_alpha (`float`, defaults to 0.5): SceneTilling threshold for `sampling="scenes"`.
+        frame_transform (`str`, defaults to `"languagebind"`): `"languagebind"` (the released model's video
+            transform: `/255`, normalise, bilinear short side, crop) or `"clip"` (VideoLLaMB_Mem: CLIP's image
+            processor on every frame, i.e. PIL bicubic short side, crop, `/255`, normalise).
     """
 
     model_input_names = ["pixel_values_videos", "video_frames_mask"]
@@ -221,6 +224,7 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
     do_flip = False
     scene_alpha = 0.5
     thumbnail_size = 32
+    frame_transform = "languagebind"
 
     def __init__(self, **kwargs):
         super().__init__()
@@ -234,10 +238,25 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
         output = super().to_dict()
         for key in (
             "num_frames", "fps", "max_frames", "temporal_group_size", "sampling", "size", "crop_size",
-            "image_mean", "image_std", "do_flip", "scene_alpha", "thumbnail_size",
+            "image_mean", "image_std", "do_flip", "scene_alpha", "thumbnail_size", "frame_transform",
         ):  # fmt: skip
             output[key] = getattr(self, key)
         return output
+
+    def _transform(self, frames, size: int, crop: tuple[int, int]) -> torch.Tensor:
+        if self.frame_transform == "languagebind":
+            return transform_video_frames(frames, size, crop, self.image_mean, self.image_std)
+        if self.frame_transform == "clip":
+            # VideoLLaMB_Mem applies `CLIPImageProcessor` to every frame: use transformers' own (PIL backend).
+            from transformers import CLIPImageProcessorPil
+
+            processor = CLIPImageProcessorPil(
+                size={"shortest_edge": size}, crop_size={"height": crop[0], "width": crop[1]},
+                image_mean=self.image_mean, image_std=self.image_std,
+            )  # fmt: skip
+            frames = np.asarray(torch.as_tensor(frames).numpy() if isinstance(frames, torch.Tensor) else frames)
+            return processor(images=list(frames), return_tensors="pt")["pixel_values"]
+        raise ValueError(f"`frame_transform` must be 'languagebind' or 'clip', got {self.frame_transform!r}.")
 
     # -- sampling -----------------------------------------------------------------------------------------------
 
@@ -386,7 +405,7 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
                 frames, meta = self._sample_array(video, num_frames, fps, sampling)
             else:
                 raise TypeError(f"Cannot read a video from {describe(video)}. Accepted: {ACCEPTED}.")
-            pixels = transform_video_frames(frames, size, crop, self.image_mean, self.image_std)
+            pixels = self._transform(frames, size, crop)
             if do_flip and torch.rand(()) < 0.5:  # training augmentation only (off by default)
                 pixels = pixels.flip(-1)
             pixel_values.append(pixels)
