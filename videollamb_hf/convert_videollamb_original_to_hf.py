@@ -488,6 +488,11 @@ def finish_original_loading(model, info: dict, allow_pickle: bool = False, **dow
         problems.append(f"unexpected {sorted(unexpected)[:10]}")
     if info["mismatched_keys"]:
         problems.append(f"mis-shaped {sorted(info['mismatched_keys'])[:5]}")
+    if any("segment_position_embedding" in k for k in unexpected):
+        problems.append(
+            "the checkpoint holds `abs_vid_pe` (the VideoLLaMB_Mem bridge) but its `mm_video_tower` names no CLIP "
+            "tower; VideoLLaMB_Mem runs with a per-frame CLIP ViT-L/14-336 video tower"
+        )
     if problems:
         raise ValueError(
             "This LLaVA-layout (`llava_llama`) checkpoint does not match VideoLLaMB's layout: "
