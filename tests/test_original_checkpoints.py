@@ -409,3 +409,68 @@ def test_package_registers_the_original_names():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     assert CONFIG_MAPPING["llava_llama"] is videollamb_hf.VideoLlambOriginalConfig
+
+
+def test_trl_builds_our_model_from_an_original_repo(in_root):
+    from trl.trainer.utils import create_model_from_path
+
+    model = create_model_from_path(in_root["repo"])  # TRL's own resolution (`architectures` -> transformers.X)
+    assert type(model) is VideoLlambForConditionalGeneration and model.dtype == torch.float32
+    assert torch.equal(model.lm_head.weight[:400], in_root["model"].lm_head.weight[:400])
+
+
+def test_towers_resolve_to_the_languagebind_hub_repos_through_the_cache(tmp_path, original, monkeypatch):
+    """`./checkpoints/LanguageBind_Video_merge` (absent here) -> `LanguageBind/LanguageBind_Video_merge`, read from
+    a hub cache (`cache_dir`), offline."""
+    without = save_tiny_original_repo(tmp_path / "hubtowers", include_towers=False)
+    cache = tmp_path / "hub-cache"
+    for folder, repo in ((without["video_tower"], "LanguageBind--LanguageBind_Video_merge"),
+                         (without["image_tower"], "LanguageBind--LanguageBind_Image")):  # fmt: skip
+        snapshot = cache / f"models--{repo}" / "snapshots" / ("0" * 40)
+        shutil.copytree(folder, snapshot)
+        (cache / f"models--{repo}" / "refs").mkdir()
+        (cache / f"models--{repo}" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.chdir(tmp_path)  # the config's relative paths do not exist from here
+    model = VideoLlambForConditionalGeneration.from_pretrained(without["repo"], cache_dir=str(cache))
+    assert model.config._original_layout["video_tower"] == "LanguageBind/LanguageBind_Video_merge"
+    expected = _expected_state(without["model"])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_module_entry_point_converts_to_bfloat16(tmp_path, in_root):
+    output = tmp_path / "bf16"
+    run = subprocess.run(
+        [sys.executable, "-m", "videollamb_hf.convert_videollamb_original_to_hf", in_root["repo"], str(output),
+         "--dtype", "bfloat16"],
+        capture_output=True, text=True, cwd=in_root["root"], env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith(str(output))
+    with safe_open(str(output / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("lm_head.weight").dtype == torch.bfloat16
+    run = subprocess.run([sys.executable, "-m", "videollamb_hf", "convert", in_root["repo"], str(output)],
+                         capture_output=True, text=True, cwd=in_root["root"], timeout=600)  # fmt: skip
+    assert run.returncode == 1 and "--overwrite" in run.stderr
+
+
+def test_quantized_loads_keep_towers_and_bridge_unquantized():
+    from transformers import BitsAndBytesConfig
+
+    from videollamb_hf.modeling_videollamb import UNQUANTIZED_MODULES, keep_unquantized
+
+    config = keep_unquantized(BitsAndBytesConfig(load_in_4bit=True))
+    assert config.llm_int8_skip_modules == UNQUANTIZED_MODULES
+    assert keep_unquantized(
+        BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["x"])
+    ).llm_int8_skip_modules == ["x"]
+    assert keep_unquantized({"load_in_4bit": True})["llm_int8_skip_modules"] == UNQUANTIZED_MODULES
+
+
+def test_device_map_and_local_files_only_pass_through(in_root):
+    for device_map in ("cpu", "auto", {"": "cpu"}):
+        model = AutoModelForImageTextToText.from_pretrained(
+            in_root["repo"], device_map=device_map, local_files_only=True
+        )
+        assert {p.device.type for p in model.parameters()} == {"cpu"}
+        assert torch.equal(model.lm_head.weight[:400], in_root["model"].lm_head.weight[:400])

@@ -408,6 +408,28 @@ class VideoLlambMultiModalProjector(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# Modules a quantized load leaves in full precision: the towers and the bridge are small and sensitive, the LM head
+# is what transformers keeps anyway.
+UNQUANTIZED_MODULES = ["video_tower", "image_tower", "memory_bridge", "multi_modal_projector", "lm_head"]
+
+
+def keep_unquantized(quantization_config):
+    """`quantization_config` (bitsandbytes 4/8-bit, ...) with the towers, the bridge, the projector and the LM head
+    excluded from quantization, unless the user listed modules to skip already."""
+    for name in ("llm_int8_skip_modules", "modules_to_not_convert"):
+        if isinstance(quantization_config, dict):
+            if quantization_config.get(name) is None and (
+                name == "llm_int8_skip_modules" or "llm_int8_skip_modules" not in quantization_config
+            ):
+                quantization_config = dict(quantization_config, **{name: list(UNQUANTIZED_MODULES)})
+                break
+        elif hasattr(quantization_config, name):
+            if getattr(quantization_config, name) is None:
+                setattr(quantization_config, name, list(UNQUANTIZED_MODULES))
+            break
+    return quantization_config
+
+
 _modeling_utils_logger = std_logging.getLogger("transformers.modeling_utils")
 
 
@@ -469,6 +491,8 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
         from .convert_videollamb_original_to_hf import DOWNLOAD_KWARG_NAMES, download_options, finish_original_loading
 
         kwargs.setdefault("use_safetensors", True)
+        if kwargs.get("quantization_config") is not None:
+            kwargs["quantization_config"] = keep_unquantized(kwargs["quantization_config"])
         output_loading_info = kwargs.pop("output_loading_info", False)
         with download_options(**kwargs), _held_load_reports() as reports:
             model, info = super().from_pretrained(
