@@ -5,6 +5,7 @@ import sys
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_videollamb import VideoLlambConfig, VideoLlambOriginalConfig, VideoLlambVisionConfig
 from .convert_videollamb_original_to_hf import ORIGINAL_ARCHITECTURES, original_weight_conversions
@@ -18,6 +19,7 @@ from .modeling_videollamb import (
     VideoLlambVideoFeatures,
     VideoLlambVideoTower,
 )
+from .pipeline_videollamb import VideoTextToTextPipeline
 from .processing_videollamb import VideoLlambProcessor
 from .scene_tiling import find_scene_boundaries
 from .video_decoding import VideoDecodingError
@@ -45,6 +47,13 @@ VideoLlambForConditionalGeneration.register_for_auto_class("AutoModelForImageTex
 VideoLlambProcessor.register_for_auto_class()
 VideoLlambVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 VideoLlambImageProcessor.register_for_auto_class("AutoImageProcessor")
+# pipeline("video-text-to-text") (no built-in task of that name in transformers).
+PIPELINE_REGISTRY.register_pipeline(
+    "video-text-to-text",
+    pipeline_class=VideoTextToTextPipeline,
+    pt_model=AutoModelForImageTextToText,
+    type="multimodal",
+)
 # TRL resolves `getattr(transformers, config.architectures[0])`: make our classes visible there. Set on the module
 # that `sys.modules` holds now: importing transformers' submodules may have replaced the lazy module object.
 for _cls in (VideoLlambConfig, VideoLlambModel, VideoLlambForConditionalGeneration):
@@ -69,5 +78,6 @@ __all__ = [
     "VideoLlambVideoFeatures",
     "VideoLlambVideoTower",
     "VideoLlambVisionConfig",
+    "VideoTextToTextPipeline",
     "find_scene_boundaries",
 ]

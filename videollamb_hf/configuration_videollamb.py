@@ -12,6 +12,20 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
 
+def _pipeline_registered_here(custom_pipelines: dict) -> bool:
+    """Whether every task a saved repo names is registered in this process by a non-remote class."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    supported = PIPELINE_REGISTRY.get_supported_tasks()
+    for task in custom_pipelines:
+        if task not in supported:
+            return False
+        implementation = PIPELINE_REGISTRY.supported_tasks[task]["impl"]
+        if not isinstance(implementation, type) or implementation.__module__.startswith("transformers_modules"):
+            return False
+    return True
+
+
 @strict
 class VideoLlambVisionConfig(CLIPVisionConfig):
     r"""
@@ -226,6 +240,10 @@ class VideoLlambConfig(PreTrainedConfig):
         translated (see `convert_videollamb_original_to_hf.original_config_to_videollamb`); `video_tower=` /
         `image_tower=` (folders or hub ids) override the LanguageBind tower paths they name."""
         video_tower, image_tower = kwargs.pop("video_tower", None), kwargs.pop("image_tower", None)
+        if "custom_pipelines" in config_dict and _pipeline_registered_here(config_dict["custom_pipelines"]):
+            # Saved repos name our pipeline as remote code (for machines without this package); where the package
+            # has registered it, use that one, with no `trust_remote_code` needed.
+            config_dict = {k: v for k, v in config_dict.items() if k != "custom_pipelines"}
         if config_dict.get("model_type") == "llava_llama":
             from .convert_videollamb_original_to_hf import original_config_to_videollamb
 

@@ -513,8 +513,23 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
         """transformers' `save_pretrained`, writing this package's key names by default (`save_original_format`
-        would otherwise reverse the renamings registered for the authors' checkpoints)."""
-        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        would otherwise reverse the renamings registered for the authors' checkpoints), and the
+        `video-text-to-text` pipeline with the remote code (`pipeline(model=repo, trust_remote_code=True)`)."""
+        from transformers.dynamic_module_utils import custom_object_save
+
+        from .pipeline_videollamb import VideoTextToTextPipeline
+
+        self.config.custom_pipelines = {
+            "video-text-to-text": {
+                "impl": f"pipeline_videollamb.{VideoTextToTextPipeline.__name__}",
+                "pt": ("AutoModelForImageTextToText",),
+                "tf": (),
+                "type": "multimodal",
+            }
+        }
+        output = super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        custom_object_save(VideoTextToTextPipeline, save_directory)
+        return output
 
     @torch.no_grad()
     def _init_weights(self, module):
