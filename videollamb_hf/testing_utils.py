@@ -205,6 +205,7 @@ def save_tiny_repo(directory, seed: int = 0) -> str:
     torch.manual_seed(seed)
     model = VideoLlambForConditionalGeneration(config)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.config.random_weights = True  # tools label what such a model says as noise
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return str(directory)

@@ -1,0 +1,105 @@
+"""The `videollamb-hf` command line, end to end in subprocesses, offline, on a tiny random model folder."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import VIDEOS
+
+
+VIDEO = str(VIDEOS / "sample_demo_1.mp4")
+ENV = dict(os.environ, HF_HUB_OFFLINE="1")
+
+
+def cli(*args, stdin=None, cwd=None, module="videollamb_hf"):
+    return subprocess.run([sys.executable, "-m", module, *args], input=stdin, capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "tiny"
+    run = cli("make-tiny", str(folder))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == str(folder) and "RANDOM weights" in run.stderr
+    return str(folder)
+
+
+def test_describe_prints_an_answer_and_json(tiny):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    run = cli("describe", VIDEO, "--model", tiny, "--max-new-tokens", "5", "--prompt", "What happens?")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "random weights" in run.stderr  # labelled as noise
+    # The same answer as the pipeline of the same folder (greedy).
+    from transformers import pipeline
+
+    import videollamb_hf  # noqa: F401
+
+    pipe = pipeline("video-text-to-text", model=AutoModelForImageTextToText.from_pretrained(tiny),
+                    processor=AutoProcessor.from_pretrained(tiny))  # fmt: skip
+    expected = pipe(VIDEO, "What happens?", max_new_tokens=5, return_full_text=False)[0]["generated_text"]
+    assert run.stdout.strip() == expected
+    run = cli("describe", VIDEO, "--model", tiny, "--max-new-tokens", "5", "--json", "--quiet", "--num-frames", "8")
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["random_weights"] is True and report["frames_sampled"] == 8
+    assert report["scenes"][-1]["frames"][1] == 7 and report["scenes"][0]["start_s"] == 0.0
+    assert set(report["timing_s"]) == {"load", "encode", "generate", "total"} and run.stderr == ""
+
+
+def test_chat_keeps_history_and_reads_commands_from_stdin(tiny):
+    run = cli(
+        "chat",
+        VIDEO,
+        "--model",
+        tiny,
+        "--max-new-tokens",
+        "3",
+        stdin="What happens?\nAnd then?\n/reset\nHi\n/quit\nignored\n",
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    answers = [line for line in run.stdout.splitlines() if line.startswith("videollamb> ")]
+    assert len(answers) == 3  # three questions before /quit; the line after /quit is not read
+    assert "[conversation reset]" in run.stderr
+    assert "1 scenes" in run.stderr or "scenes" in run.stderr
+    # EOF ends too.
+    assert cli("chat", VIDEO, "--model", tiny, "--max-new-tokens", "2", stdin="").returncode == 0
+
+
+def test_stream_prints_timestamped_lines_and_json_lines(tiny):
+    run = cli("stream", VIDEO, "--model", tiny, "--fps", "4", "--max-new-tokens", "2", "--ask", "3:What is there?",
+              "--quiet")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert any("Q: What is there?" in line for line in lines)
+    assert any(" scene " in line and line.startswith("[") for line in lines)
+    run = cli("stream", VIDEO, "--model", tiny, "--fps", "4", "--max-new-tokens", "2", "--json", "--quiet")
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    assert events and all(e["kind"] == "caption" for e in events)
+    assert [e["timestamp"] for e in events] == sorted(e["timestamp"] for e in events)
+    assert events[-1]["frames"][1] == 38  # 9.7 s at 4 fps: frames 0..38
+    run = cli("stream", VIDEO, "--model", tiny, "--ask", "soon:what?")
+    assert run.returncode == 2 and "TIME:QUESTION" in run.stderr
+
+
+def test_offline_model_error_is_one_line_and_says_what_to_do(tmp_path):
+    run = cli("describe", VIDEO, "--max-new-tokens", "2")  # the default hub model, offline
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert "ColorfulAI/VideoLLaMB" in run.stderr and "--model" in run.stderr and "make-tiny" in run.stderr
+    run = cli("describe", str(tmp_path / "missing.mp4"), "--model", str(tmp_path / "nowhere"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+
+
+def test_missing_video_and_help(tiny, tmp_path):
+    run = cli("describe", str(tmp_path / "missing.mp4"), "--model", tiny, "--quiet")
+    assert run.returncode == 2 and "No such video file" in run.stderr and "Traceback" not in run.stderr
+    run = cli("--help")
+    assert run.returncode == 0
+    for command in ("describe", "chat", "stream", "demo", "convert", "make-tiny"):
+        assert command in run.stdout
+    run = cli("demo", "--help")
+    assert run.returncode == 0 and "loopback" in run.stdout
