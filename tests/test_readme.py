@@ -31,7 +31,8 @@ def test_python_snippets_run(tmp_path, monkeypatch):
     snippets = [b for b in blocks("python") if "ColorfulAI/" not in b]  # hub snippets: see below
     assert len(snippets) >= 3
     with contextlib.redirect_stdout(stdout):
-        for snippet in snippets:
+        for snippet in snippets:  # README paths are relative to the checkout; the tests run elsewhere
+            snippet = snippet.replace('"../shared/', f'"{ROOT.parent / "shared"}/')
             exec(compile(snippet, "README.md", "exec"), namespace)
     printed = stdout.getvalue().splitlines()
     assert "[4, 15, 24, 31]" in printed
@@ -40,6 +41,11 @@ def test_python_snippets_run(tmp_path, monkeypatch):
     model, ids = namespace["model"], namespace["input_ids"]
     assert namespace["generated"].shape == (1, ids.shape[1] + 8)
     assert f"torch.Size([1, {ids.shape[1]}, {model.config.text_config.vocab_size}])" in printed
+    # The pipeline section.
+    assert len(namespace["batch"]) == 2 and namespace["batch"][0][0]["input_text"] == "Who is there?"
+    assert namespace["result"][0]["generated_text"][-1]["role"] == "assistant"
+    # The streaming section printed its events.
+    assert any(line.startswith("[") and " caption " in line for line in printed)
 
 
 def test_original_checkpoint_snippet_runs_on_a_tiny_original_repo(tmp_path, monkeypatch):
@@ -57,7 +63,15 @@ def test_original_checkpoint_snippet_runs_on_a_tiny_original_repo(tmp_path, monk
 
 @pytest.mark.parametrize(
     "name",
-    ["bench_scene_tiling.py", "bench_long_video.py", "bench_video_decode.py", "fuzz_video.py", "RESULTS.md", "parity"],
+    [
+        "bench_scene_tiling.py",
+        "bench_long_video.py",
+        "bench_video_decode.py",
+        "fuzz_video.py",
+        "RESULTS.md",
+        "parity",
+        "bench_streaming.py",
+    ],
 )
 def test_benchmarks_named_in_the_readme_exist(name):
     assert (ROOT / "benchmarks" / name).exists()
