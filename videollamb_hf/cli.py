@@ -5,6 +5,7 @@
     videollamb-hf stream VIDEO [--fps 1] [--ask "TIME:question"] [--json]   streaming captions
     videollamb-hf demo [--host 127.0.0.1] [--port 7860]       the Gradio app
     videollamb-hf convert ORIGINAL OUTPUT                     an original checkpoint -> a self-contained repo
+    videollamb-hf sft --model_name_or_path M --dataset_name D ...   fine-tuning (TRL's SFT flags and YAML)
     videollamb-hf make-tiny DIR                               a tiny random model folder to try everything offline
 
 `--model` defaults to ColorfulAI/VideoLLaMB; point it at a local folder to work offline.
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
             description=convert.build_parser().description,
         )  # fmt: skip
     )
+    commands.add_parser("sft", help="fine-tune with TRL's SFT script (all `trl sft` flags; see videollamb_hf.sft)",
+                        add_help=False)  # fmt: skip
     tiny = commands.add_parser("make-tiny", help="write a tiny random VideoLLaMB folder (offline tries)")
     tiny.add_argument("directory")
     tiny.add_argument("--original-layout", action="store_true", help="in the authors' LLaVA layout instead")
@@ -338,6 +341,10 @@ COMMANDS = {"describe": cmd_describe, "chat": cmd_chat, "stream": cmd_stream, "d
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sft"]:  # TRL's own parser takes the rest
+        from . import sft
+
+        return sft.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "convert":

@@ -107,6 +107,9 @@ class VideoLlambConfig(PreTrainedConfig):
         memory whatever the video length; it does not change the outputs.
     freeze_towers (`bool`):
         Towers take no gradient (the released training). `False` makes them trainable.
+    freeze_language_model (`bool`):
+        The language model (and LM head) take no gradient: only the bridge and the projector train (with
+        `freeze_towers`, "bridge only"). Default `False` (the released recipe trains the bridge and the LLM).
     num_memory_tokens (`int`):
         Recurrent memory tokens carried from segment to segment.
     bridge_num_layers (`int`):
@@ -170,6 +173,7 @@ class VideoLlambConfig(PreTrainedConfig):
     num_frames: int = 16
     tower_chunk_size: int = 64
     freeze_towers: bool = True
+    freeze_language_model: bool = False
     num_memory_tokens: int = 32
     bridge_num_layers: int = 1
     bridge_hidden_size: int = 1024

@@ -430,6 +430,19 @@ def keep_unquantized(quantization_config):
     return quantization_config
 
 
+def apply_freezing(model: nn.Module) -> None:
+    """Apply `config.freeze_towers` / `config.freeze_language_model` to `model` (a VideoLLaMB model or backbone):
+    frozen parts get `requires_grad=False` (loading makes every parameter trainable again, so this runs after
+    `from_pretrained` too)."""
+    for module in model.modules():
+        if isinstance(module, VideoLlambModel):
+            module.set_towers_trainable(not module.config.freeze_towers)
+            module.language_model.requires_grad_(not module.config.freeze_language_model)
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        head.requires_grad_(not model.config.freeze_language_model)
+
+
 _modeling_utils_logger = std_logging.getLogger("transformers.modeling_utils")
 
 
@@ -506,9 +519,7 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
         else:
             for record in reports:
                 _modeling_utils_logger.handle(record)
-        for module in model.modules():
-            if isinstance(module, VideoLlambModel):
-                module.set_towers_trainable(not module.config.freeze_towers)
+        apply_freezing(model)
         return (model, info) if output_loading_info else model
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
@@ -582,6 +593,7 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
         self.set_towers_trainable(not config.freeze_towers)
+        self.language_model.requires_grad_(not config.freeze_language_model)
 
     def set_towers_trainable(self, trainable: bool):
         """Frozen towers (the default, as released) take no gradient and run under `torch.no_grad()`."""
@@ -896,6 +908,7 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
         self.model = VideoLlambModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        self.lm_head.requires_grad_(not config.freeze_language_model)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

@@ -214,6 +214,17 @@ class VideoLlambProcessor(ProcessorMixin):
             AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
         ]
 
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """transformers' `apply_chat_template`. Our template writes no BOS (the rendered prompt is the original's
+        text), so a tokenized chat always gets the tokenizer's BOS, even when a caller asks for no special tokens
+        on the assumption that the template wrote it (TRL's collator does): exactly one BOS either way."""
+        if kwargs.get("tokenize"):
+            processor_kwargs = dict(kwargs.get("processor_kwargs") or {})
+            if processor_kwargs.get("add_special_tokens") is False:
+                processor_kwargs["add_special_tokens"] = True
+                kwargs["processor_kwargs"] = processor_kwargs
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
     def check_argument_for_proper_class(self, argument_name, argument):
         # transformers' check reads a dummy mapping for video processors when torchvision is absent.
         if argument_name == "video_processor":
@@ -247,6 +258,12 @@ class VideoLlambProcessor(ProcessorMixin):
         """Token ids of one prompt (placeholders expanded) and each token's character span in `text` (empty spans
         for BOS and placeholders)."""
         ids, spans, position = [], [], 0
+        bos = self.tokenizer.bos_token
+        if bos and text.startswith(bos):
+            # The chat template writes BOS itself (so callers that tokenize without special tokens, like TRL's
+            # collator, still get exactly one); the text after it is tokenized as the original's first piece.
+            ids, spans, position, text = [self.tokenizer.bos_token_id], [(0, len(bos))], len(bos), text[len(bos) :]
+            add_special_tokens = False
         if add_special_tokens and self.tokenizer.bos_token_id is not None:
             ids, spans = [self.tokenizer.bos_token_id], [(0, 0)]
         for piece in re.split(f"({re.escape(self.video_token)}|{re.escape(self.image_token)})", text):
@@ -285,7 +302,9 @@ class VideoLlambProcessor(ProcessorMixin):
         return_tensors = kwargs.pop("return_tensors", "pt")
         return_offsets = kwargs.pop("return_offsets_mapping", False)
         return_replacements = kwargs.pop("return_text_replacement_offsets", False)
-        for key in ("do_sample_frames", "truncation", "max_length", "sanitize_control_tokens"):
+        pad_to_multiple_of = kwargs.pop("pad_to_multiple_of", None)
+        truncation, max_length = kwargs.pop("truncation", False), kwargs.pop("max_length", None)
+        for key in ("do_sample_frames", "sanitize_control_tokens"):
             kwargs.pop(key, None)
         videos_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in VideoLlambVideosKwargs.__annotations__}
         videos_kwargs.update(kwargs.pop("videos_kwargs", {}) or {})
@@ -315,9 +334,18 @@ class VideoLlambProcessor(ProcessorMixin):
 
         encoded = [self._tokenize_prompt(t, add_special_tokens) for t in texts]
         rows, spans = [ids for ids, _ in encoded], [sp for _, sp in encoded]
+        if truncation and max_length is not None and any(len(r) > max_length for r in rows):
+            # Cutting a prompt would cut a placeholder run or the answer: refuse instead of truncating.
+            longest = max(len(r) for r in rows)
+            raise ValueError(
+                f"A prompt has {longest} tokens (placeholder slots included), more than max_length={max_length}; "
+                "truncating it would cut a video's or image's slots. Raise max_length."
+            )
         masks = [[1] * len(r) for r in rows]
-        if padding or len(rows) > 1:
+        if padding or len(rows) > 1 or pad_to_multiple_of:
             width = max(len(r) for r in rows)
+            if pad_to_multiple_of:
+                width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
             pad = self.tokenizer.pad_token_id
             for i, row in enumerate(rows):
                 extra = width - len(row)
