@@ -93,8 +93,6 @@ def test_assistant_only_loss_masks_the_prompt_and_the_visual_slots(repo, data):
 def test_guards_against_trl_defaults_that_would_train_wrong(repo, data, tmp_path, caplog):
     with pytest.raises(ValueError, match="--max_length 100 is shorter than the longest example"):
         sft.main(_args(repo, data, tmp_path / "a", "--max_length", "100", steps=1))
-    with pytest.raises(NotImplementedError, match="recurrent loss"):
-        sft.main(_args(repo, data, tmp_path / "b", "--recurrent_loss", steps=1))
     bad = tmp_path / "bad.jsonl"
     sft.write_jsonl([chat_row(VIDEOS / "dance.mp4", "x"), chat_row(tmp_path / "missing.mp4", "y")], bad)
     with pytest.raises(sft.BadRecordsError, match="1 of 2 records"):
@@ -217,3 +215,75 @@ def test_example_sft_configs_parse_with_trls_parser(name, repo):
         assert model.use_peft and "language_model" in model.lora_target_modules
     if name == "bridge_only":
         assert training.model_init_kwargs == {"freeze_language_model": True}
+
+
+def _recurrent_inputs(repo, frames=32):
+    processor = AutoProcessor.from_pretrained(repo)
+    chat = chat_row(VIDEOS / "dance.mp4", "People are dancing.")["messages"]
+    inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt",
+                                           processor_kwargs={"num_frames": frames})  # fmt: skip
+    labels = inputs["input_ids"].clone()
+    labels[:, : labels.shape[1] - 8] = -100  # the answer's last tokens
+    return inputs, labels
+
+
+def test_recurrent_loss_equals_the_concatenated_per_segment_loss(repo):
+    from videollamb_hf import VideoLlambVideoFeatures
+    from videollamb_hf.modeling_videollamb import _pad_to
+    from videollamb_hf.scene_tiling import boundaries_to_segments
+
+    model = AutoModelForImageTextToText.from_pretrained(repo)
+    inputs, labels = _recurrent_inputs(repo)
+    with torch.no_grad():
+        loss = model.recurrent_loss(labels=labels, **inputs)
+        # By hand: the bridge loop, one language-model pass per segment, one cross-entropy over all of them.
+        features = model.model.get_video_features(inputs["pixel_values_videos"])
+        cls, pooled = model.model._encode_frames(model.model.video_tower, inputs["pixel_values_videos"][0])
+        bridge, memory, cache, sums, counts = model.model.memory_bridge, None, None, 0.0, 0
+        segments = boundaries_to_segments(features.scene_boundaries[0])
+        assert len(segments) == 4  # top-3 SceneTilling: 4 recurrent steps
+        for start, end in segments:
+            index = torch.linspace(start, end, min(8, end - start + 1), dtype=torch.int)
+            output, memory, cache = bridge.step(pooled[index].reshape(1, -1, pooled.shape[-1]), memory, cache)
+            tokens = model.model.multi_modal_projector(output[0])
+            step = VideoLlambVideoFeatures(visual_tokens=_pad_to(tokens, model.config.video_seq_length)[None],
+                                           num_slots_used=torch.tensor([tokens.shape[0]]))  # fmt: skip
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], video_features=step,
+                        labels=labels)  # fmt: skip
+            n = int((labels[:, 1:] != -100).sum())
+            sums, counts = sums + out.loss * n, counts + n
+    torch.testing.assert_close(loss, sums / counts, rtol=1e-6, atol=1e-6)
+
+
+def test_recurrent_loss_reaches_the_bridge_from_every_segment(repo):
+    model = AutoModelForImageTextToText.from_pretrained(repo).train()
+    model.config.recurrent_loss = True
+    inputs, labels = _recurrent_inputs(repo)
+    _, per_segment = model.recurrent_loss(labels=labels, return_segment_losses=True, **inputs)
+    assert len(per_segment) == 4
+    bridge = model.model.memory_bridge
+    for s, (loss_sum, _) in enumerate(per_segment):
+        model.zero_grad()
+        loss_sum.backward(retain_graph=True)
+        assert bridge.read_memory_emb.grad.abs().sum() > 0, s  # the initial memory feeds every segment
+        retriever = (
+            bridge.retriever.cross_attention.query.weight.grad
+            if hasattr(bridge.retriever.cross_attention, "query")
+            else next(bridge.retriever.cross_attention.parameters()).grad
+        )
+        if s == 0:  # the first segment's tokens come before any retrieval
+            assert retriever is None or retriever.abs().sum() == 0
+        else:  # later segments start from retrieved memories
+            assert retriever is not None and retriever.abs().sum() > 0, s
+    # A training path that would run the model once (TRL's backbone call) fails loudly instead of skipping it.
+    with pytest.raises(RuntimeError, match="recurrent_loss"):
+        model(**inputs, labels=labels)
+
+
+def test_recurrent_loss_trains_through_the_entry_point(repo, data, tmp_path):
+    out = tmp_path / "recurrent"
+    assert sft.main(_args(repo, data, out, "--recurrent_loss", "--save_strategy", "steps", "--save_steps", "12",
+                          steps=12)) == 0  # fmt: skip
+    losses = _losses(out)
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert json.loads((out / "config.json").read_text())["recurrent_loss"] is True

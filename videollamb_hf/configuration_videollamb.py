@@ -110,6 +110,11 @@ class VideoLlambConfig(PreTrainedConfig):
     freeze_language_model (`bool`):
         The language model (and LM head) take no gradient: only the bridge and the projector train (with
         `freeze_towers`, "bridge only"). Default `False` (the released recipe trains the bridge and the LLM).
+    recurrent_loss (`bool`):
+        Train with the original's `LlavaLlamaForCausalLMRMT` loss: the prompt runs through the language model once
+        per segment with that segment's tokens and one cross-entropy is taken over all of them, so the loss reaches
+        the bridge at every recurrent step (`VideoLlambForConditionalGeneration.recurrent_loss`, used by
+        `videollamb_hf.sft`'s trainer). Training through any other path then fails loudly.
     num_memory_tokens (`int`):
         Recurrent memory tokens carried from segment to segment.
     bridge_num_layers (`int`):
@@ -174,6 +179,7 @@ class VideoLlambConfig(PreTrainedConfig):
     tower_chunk_size: int = 64
     freeze_towers: bool = True
     freeze_language_model: bool = False
+    recurrent_loss: bool = False
     num_memory_tokens: int = 32
     bridge_num_layers: int = 1
     bridge_hidden_size: int = 1024

@@ -68,6 +68,8 @@ class VideoLlambVideoFeatures(ModelOutput):
             Final memory state after the last segment's retrieval.
         memory_cache (`tuple[torch.Tensor]`):
             Per video, the memories of every segment, `(num_segments * num_memory_tokens, bridge_hidden_size)`.
+        segment_tokens (`tuple[list[torch.Tensor]]`, *optional*):
+            With `keep_segments=True`: per video, the projected tokens of every segment (for the recurrent loss).
     """
 
     visual_tokens: torch.Tensor | None = None
@@ -75,6 +77,7 @@ class VideoLlambVideoFeatures(ModelOutput):
     scene_boundaries: tuple[list[int], ...] | None = None
     memory: torch.Tensor | None = None
     memory_cache: tuple[torch.Tensor, ...] | None = None
+    segment_tokens: tuple[list[torch.Tensor], ...] | None = None
 
     def select(self, indices: list[int]) -> "VideoLlambVideoFeatures":
         """The features of the videos at `indices`, in that order (repeats allowed)."""
@@ -650,7 +653,10 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         return lengths
 
     def get_video_features(
-        self, pixel_values_videos: torch.Tensor, video_frames_mask: torch.Tensor | None = None
+        self,
+        pixel_values_videos: torch.Tensor,
+        video_frames_mask: torch.Tensor | None = None,
+        keep_segments: bool = False,
     ) -> VideoLlambVideoFeatures:
         """Encode videos once: towers, SceneTilling, the recurrent bridge over segments, the projector.
 
@@ -670,10 +676,10 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         lengths = self._video_lengths(pixel_values_videos, video_frames_mask)
         # Video by video over views of the real frames: no copy of the pixels, padding never encoded.
         encoded = [self._encode_frames(self.video_tower, video[:n]) for video, n in zip(pixel_values_videos, lengths)]
-        return self.bridge_videos([cls for cls, _ in encoded], [pooled for _, pooled in encoded])
+        return self.bridge_videos([cls for cls, _ in encoded], [pooled for _, pooled in encoded], keep_segments)
 
     def bridge_videos(
-        self, cls_per_video: list[torch.Tensor], pooled_per_video: list[torch.Tensor]
+        self, cls_per_video: list[torch.Tensor], pooled_per_video: list[torch.Tensor], keep_segments: bool = False
     ) -> VideoLlambVideoFeatures:
         """SceneTilling + the recurrent bridge + the projector over already computed tower features.
 
@@ -683,7 +689,9 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         """
         config = self.config
         bridge = self.memory_bridge
-        visual_tokens, slots, boundaries_all, memories, caches = [], [], [], [], []
+        visual_tokens, slots, boundaries_all, memories, caches, kept = [], [], [], [], [], []
+        if keep_segments and config.bridge_output != "last_segment":
+            raise ValueError("Per-segment tokens (the recurrent loss) exist for `bridge_output='last_segment'` only.")
         for cls, pooled in zip(cls_per_video, pooled_per_video):
             if config.bridge_output == "memories" and cls.shape[0] <= config.max_image_like_frames:
                 # VideoLLaMB_Mem: a video this short is read frame by frame, like images.
@@ -704,7 +712,7 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
                 max_boundaries=config.scene_tiling_max_boundaries,
             )
             memory = memory_cache = None
-            segment_memories = []
+            segment_memories, segment_outputs = [], []
             for segment_index, (start, end) in enumerate(boundaries_to_segments(boundaries)):
                 # A long segment is sub-sampled; `torch.linspace(..., dtype=int)` truncates like the original.
                 steps = min(config.max_frames_per_segment, end - start + 1)
@@ -713,6 +721,8 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
                 segment_tokens = segment_tokens.reshape(1, -1, pooled.shape[-1])  # (1, steps*P, D)
                 segment_output, memory, memory_cache = bridge.step(segment_tokens, memory, memory_cache)
                 segment_memories.append(memory)
+                if keep_segments:
+                    segment_outputs.append(self.multi_modal_projector(segment_output[0]))
             if config.bridge_output == "memories":
                 # VideoLLaMB_Mem: the refreshed memory after every segment, in order.
                 tokens = self.multi_modal_projector(torch.cat(segment_memories, dim=1)[0])
@@ -724,12 +734,14 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
             boundaries_all.append(boundaries)
             memories.append(memory[0])
             caches.append(memory_cache[0])
+            kept.append(segment_outputs)
         return VideoLlambVideoFeatures(
             visual_tokens=torch.stack(visual_tokens),
             num_slots_used=torch.tensor(slots, dtype=torch.long, device=visual_tokens[0].device),
             scene_boundaries=tuple(boundaries_all),
             memory=torch.stack(memories),
             memory_cache=tuple(caches),
+            segment_tokens=tuple(kept) if keep_segments else None,
         )
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -839,6 +851,17 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         """
         if cache is None:
             cache = past_key_values
+        if (
+            self.training
+            and self.config.recurrent_loss
+            and not getattr(self, "_in_recurrent_loss", False)
+            and pixel_values_videos is not None
+        ):
+            raise RuntimeError(
+                "config.recurrent_loss=True, but this training step runs the model once over the last segment (a "
+                "trainer that calls the backbone, e.g. TRL's SFTTrainer): that would silently skip the recurrent "
+                "loss. Train with videollamb_hf.sft (VideoLlambSFTTrainer) or call model.recurrent_loss(...)."
+            )
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
         if pixel_values_videos is not None and video_features is not None:
@@ -920,7 +943,10 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
         return self.lm_head
 
     def get_video_features(
-        self, pixel_values_videos: torch.Tensor, video_frames_mask: torch.Tensor | None = None
+        self,
+        pixel_values_videos: torch.Tensor,
+        video_frames_mask: torch.Tensor | None = None,
+        keep_segments: bool = False,
     ) -> VideoLlambVideoFeatures:
         """See [`VideoLlambModel.get_video_features`]."""
         return self.model.get_video_features(pixel_values_videos, video_frames_mask)
@@ -991,6 +1017,67 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
             attention_mask=outputs.attention_mask,
             position_ids=outputs.position_ids,
         )
+
+    def recurrent_loss(
+        self,
+        input_ids: torch.LongTensor,
+        labels: torch.LongTensor,
+        pixel_values_videos: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        video_frames_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        return_segment_losses: bool = False,
+        **kwargs,
+    ):
+        """The original's recurrent loss (`LlavaLlamaForCausalLMRMT` + `prepare_retro_inputs_labels_for_multimodal`):
+        the prompt runs through the language model once per segment, with that segment's tokens in the video's
+        slots; the cross-entropy is taken over the labels of all passes together (their concatenation), so every
+        recurrent step of the bridge gets gradient. One video per sample; a video with fewer segments than the
+        longest in the batch contributes to its own segments only.
+
+        Returns the loss (a scalar), or `(loss, per-segment (loss sum, token count) list)` with
+        `return_segment_losses=True`.
+        """
+        if pixel_values_videos is None or input_ids is None:
+            raise ValueError("The recurrent loss needs `input_ids` and `pixel_values_videos`.")
+        per_sample = (input_ids == self.config.video_token_id).sum(-1) // self.config.video_seq_length
+        if not torch.all(per_sample == 1):
+            raise ValueError(f"The recurrent loss takes exactly one video per sample; got {per_sample.tolist()}.")
+        features = self.model.get_video_features(pixel_values_videos, video_frames_mask, keep_segments=True)
+        counts = [len(segments) for segments in features.segment_tokens]
+        is_placeholder = (input_ids == self.config.video_token_id) | (input_ids == self.config.image_token_id)
+        labels = labels.masked_fill(is_placeholder.to(labels.device), -100)
+        total, items, per_segment = 0.0, 0, []
+        self.model._in_recurrent_loss = True
+        try:
+            for s in range(max(counts)):
+                tokens = [segments[min(s, len(segments) - 1)] for segments in features.segment_tokens]
+                slots = self.config.video_seq_length
+                step = VideoLlambVideoFeatures(
+                    visual_tokens=torch.stack([_pad_to(t, slots) for t in tokens]),
+                    num_slots_used=torch.tensor([t.shape[0] for t in tokens], device=tokens[0].device),
+                    scene_boundaries=features.scene_boundaries,
+                    memory=features.memory,
+                    memory_cache=features.memory_cache,
+                )
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, video_features=step,
+                                    pixel_values=pixel_values).last_hidden_state  # fmt: skip
+                logits = self.lm_head(hidden).float()
+                step_labels = labels.clone()
+                for i, count in enumerate(counts):
+                    if s >= count:  # this video has no segment s
+                        step_labels[i] = -100
+                shifted = step_labels[:, 1:].reshape(-1).to(logits.device)
+                loss_sum = F.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), shifted, ignore_index=-100, reduction="sum"
+                )
+                count = int((shifted != -100).sum())
+                per_segment.append((loss_sum, count))
+                total, items = total + loss_sum, items + count
+        finally:
+            self.model._in_recurrent_loss = False
+        loss = total / max(items, 1)
+        return (loss, per_segment) if return_segment_losses else loss
 
     # -- generation ---------------------------------------------------------------------------------------------
 

@@ -38,6 +38,32 @@ class BadRecordsError(ValueError):
     """Too many records had missing or unreadable media."""
 
 
+def _recurrent_trainer_class():
+    """`VideoLlambSFTTrainer`: TRL's `SFTTrainer` whose loss is the model's recurrent loss when
+    `config.recurrent_loss` is set (TRL's own path trains through the backbone and its fused LM head, which would
+    skip it; the backbone refuses that path in training)."""
+    from trl import SFTTrainer
+
+    class VideoLlambSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            unwrapped = self.accelerator.unwrap_model(model)
+            base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+            if not getattr(base.config, "recurrent_loss", False):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            keys = (
+                "input_ids",
+                "labels",
+                "pixel_values_videos",
+                "attention_mask",
+                "video_frames_mask",
+                "pixel_values",
+            )
+            loss = base.recurrent_loss(**{k: inputs[k] for k in keys if inputs.get(k) is not None})
+            return (loss, None) if return_outputs else loss
+
+    return VideoLlambSFTTrainer
+
+
 # -- data -------------------------------------------------------------------------------------------------------------
 
 
@@ -210,20 +236,24 @@ def main(argv=None) -> int:
 
     ours = argparse.ArgumentParser(add_help=False)
     ours.add_argument("--max_bad_fraction", type=float, default=0.0)
-    ours.add_argument("--recurrent_loss", action="store_true")
+    ours.add_argument("--recurrent_loss", action="store_true", help="the original's per-segment loss")
     extra, argv = ours.parse_known_args(argv)
     config = {}
     if "--config" in argv:
         config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {}
+        if "recurrent_loss" in config or "max_bad_fraction" in config:  # ours, not TRL's: keep them from its parser
+            config_path = Path(tempfile.mkdtemp(prefix="videollamb-sft-config-")) / "config.yaml"
+            trl_config = {k: v for k, v in config.items() if k not in ("recurrent_loss", "max_bad_fraction")}
+            config_path.write_text(yaml.safe_dump(trl_config))
+            argv[argv.index("--config") + 1] = str(config_path)
+            extra.max_bad_fraction = config.get("max_bad_fraction", extra.max_bad_fraction)
     parser = trl_sft.make_parser(prog="videollamb-hf sft")
     script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
         argv, fail_with_unknown_args=True
     )
-    if extra.recurrent_loss or config.get("recurrent_loss"):
-        raise NotImplementedError(
-            "The recurrent loss (the prompt run once per segment) is not implemented yet; TRL's SFT path trains "
-            "through the backbone and would silently skip it, so this run is refused rather than trained without it."
-        )
+    recurrent = extra.recurrent_loss or bool(config.get("recurrent_loss"))
+    if recurrent:
+        training_args.model_init_kwargs = dict(training_args.model_init_kwargs or {}, recurrent_loss=True)
     if not _given(argv, config, "assistant_only_loss"):
         training_args.assistant_only_loss = True
         logger.warning("assistant_only_loss on (default of videollamb_hf.sft): the prompt and the visual slots are "
@@ -246,7 +276,16 @@ def main(argv=None) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="videollamb-sft-data-", dir=_ensure(training_args.output_dir)))
     write_jsonl(rows, data_dir / f"{script_args.dataset_train_split}.jsonl")
     script_args.dataset_name, script_args.dataset_config = str(data_dir), None
-    trl_sft.main(script_args, training_args, model_args, dataset_args)
+    import trl
+
+    original_trainer = trl.SFTTrainer
+    if recurrent:  # TRL's script builds `trl.SFTTrainer`: hand it ours for this run
+        trl.SFTTrainer = _recurrent_trainer_class()
+        logger.warning("Recurrent loss: the prompt runs once per segment (VideoLlambSFTTrainer).")
+    try:
+        trl_sft.main(script_args, training_args, model_args, dataset_args)
+    finally:
+        trl.SFTTrainer = original_trainer
     return 0
 
 
