@@ -266,11 +266,7 @@ def test_recurrent_loss_reaches_the_bridge_from_every_segment(repo):
         model.zero_grad()
         loss_sum.backward(retain_graph=True)
         assert bridge.read_memory_emb.grad.abs().sum() > 0, s  # the initial memory feeds every segment
-        retriever = (
-            bridge.retriever.cross_attention.query.weight.grad
-            if hasattr(bridge.retriever.cross_attention, "query")
-            else next(bridge.retriever.cross_attention.parameters()).grad
-        )
+        retriever = bridge.retriever.cross_attention.q_proj.weight.grad
         if s == 0:  # the first segment's tokens come before any retrieval
             assert retriever is None or retriever.abs().sum() == 0
         else:  # later segments start from retrieved memories
