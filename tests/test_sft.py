@@ -283,3 +283,40 @@ def test_recurrent_loss_trains_through_the_entry_point(repo, data, tmp_path):
     losses = _losses(out)
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert json.loads((out / "config.json").read_text())["recurrent_loss"] is True
+
+
+def test_activation_checkpointing_covers_towers_bridge_and_llm():
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from videollamb_hf.testing_utils import get_tiny_model
+
+    model = get_tiny_model(freeze_towers=False)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    parts = {}
+    for name, module in model.named_modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            parts.setdefault(name.split(".")[1], []).append(bool(module.gradient_checkpointing))
+    assert set(parts) == {"video_tower", "image_tower", "memory_bridge", "language_model"}
+    assert all(all(flags) for flags in parts.values())
+
+
+def test_plain_trl_sft_trains_a_remote_code_repo(repo, data, tmp_path):
+    """`trl sft` itself (TRL's CLI, this package never imported there) on a saved repo with `--trust_remote_code`,
+    with the flags the README gives."""
+    import shutil as _shutil
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _shutil.copy(data, folder / "train.jsonl")
+    out = tmp_path / "trl-out"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    trl = Path(sys.executable).with_name("trl")
+    command = [str(trl) if trl.exists() else "trl", "sft", "--model_name_or_path", repo, "--trust_remote_code",
+               "--dataset_name", str(folder), "--output_dir", str(out), "--assistant_only_loss", "--max_length",
+               "2048", "--per_device_train_batch_size", "1", "--max_steps", "2", "--use_cpu", "--logging_steps", "1",
+               "--save_strategy", "no", "--report_to", "none"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Training completed" in run.stdout + run.stderr
+    assert (out / "model.safetensors").exists() and (out / "modeling_videollamb.py").exists()
