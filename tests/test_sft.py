@@ -320,3 +320,31 @@ def test_plain_trl_sft_trains_a_remote_code_repo(repo, data, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Training completed" in run.stdout + run.stderr
     assert (out / "model.safetensors").exists() and (out / "modeling_videollamb.py").exists()
+
+
+def test_frame_flip_only_in_training(repo):
+    model = AutoModelForImageTextToText.from_pretrained(  # no dropout: train-mode outputs comparable
+        repo, train_frame_flip=True, bridge_hidden_dropout=0.0, bridge_attention_dropout=0.0
+    )
+    inputs, _ = _recurrent_inputs(repo, frames=16)
+    pixels = inputs["pixel_values_videos"].repeat(8, 1, 1, 1, 1)  # eight copies of one video
+    with torch.no_grad():
+        plain = model.model.get_video_features(pixels[:1]).visual_tokens[0]
+        mirrored = model.model.get_video_features(pixels[:1].flip(-1)).visual_tokens[0]
+        assert all(torch.equal(t, plain) for t in model.model.get_video_features(pixels).visual_tokens)  # eval
+        model.train()
+        torch.manual_seed(0)
+        tokens = model.model.get_video_features(pixels).visual_tokens
+    kinds = ["flip" if torch.allclose(t, mirrored, atol=1e-6) else "plain" if torch.allclose(t, plain, atol=1e-6)
+             else "?" for t in tokens]  # fmt: skip
+    assert "?" not in kinds and 0 < kinds.count("flip") < 8
+
+
+def test_bridge_only_training_leaves_the_language_model_untouched(repo, data, tmp_path):
+    out = tmp_path / "bridge-only"
+    assert sft.main(_args(repo, data, out, "--model_init_kwargs", '{"freeze_language_model": true}', steps=3)) == 0
+    trained = AutoModelForImageTextToText.from_pretrained(str(out)).state_dict()
+    original = AutoModelForImageTextToText.from_pretrained(repo).state_dict()
+    frozen = [k for k in original if "language_model." in k or k.startswith("lm_head") or "_tower." in k]
+    assert frozen and all(torch.equal(trained[k], original[k]) for k in frozen)
+    assert not all(torch.equal(trained[k], original[k]) for k in original if "memory_bridge." in k)

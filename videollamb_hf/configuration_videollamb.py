@@ -115,6 +115,9 @@ class VideoLlambConfig(PreTrainedConfig):
         per segment with that segment's tokens and one cross-entropy is taken over all of them, so the loss reaches
         the bridge at every recurrent step (`VideoLlambForConditionalGeneration.recurrent_loss`, used by
         `videollamb_hf.sft`'s trainer). Training through any other path then fails loudly.
+    train_frame_flip (`bool`):
+        Frame augmentation: in training mode only, each video is flipped horizontally with probability 0.5 (the
+        original flips at random even at inference; we never do in eval mode).
     num_memory_tokens (`int`):
         Recurrent memory tokens carried from segment to segment.
     bridge_num_layers (`int`):
@@ -180,6 +183,7 @@ class VideoLlambConfig(PreTrainedConfig):
     freeze_towers: bool = True
     freeze_language_model: bool = False
     recurrent_loss: bool = False
+    train_frame_flip: bool = False
     num_memory_tokens: int = 32
     bridge_num_layers: int = 1
     bridge_hidden_size: int = 1024

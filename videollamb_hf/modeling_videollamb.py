@@ -674,6 +674,12 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
                 f"{tuple(pixel_values_videos.shape)}."
             )
         lengths = self._video_lengths(pixel_values_videos, video_frames_mask)
+        if self.training and self.config.train_frame_flip:  # augmentation, training only
+            flips = torch.rand(pixel_values_videos.shape[0]) < 0.5
+            if flips.any():
+                flipped = pixel_values_videos.flip(-1)
+                index = flips.to(pixel_values_videos.device).view(-1, *([1] * (pixel_values_videos.ndim - 1)))
+                pixel_values_videos = torch.where(index, flipped, pixel_values_videos)
         # Video by video over views of the real frames: no copy of the pixels, padding never encoded.
         encoded = [self._encode_frames(self.video_tower, video[:n]) for video, n in zip(pixel_values_videos, lengths)]
         return self.bridge_videos([cls for cls, _ in encoded], [pooled for _, pooled in encoded], keep_segments)
