@@ -6,6 +6,7 @@
     videollamb-hf demo [--host 127.0.0.1] [--port 7860]       the Gradio app
     videollamb-hf convert ORIGINAL OUTPUT                     an original checkpoint -> a self-contained repo
     videollamb-hf sft --model_name_or_path M --dataset_name D ...   fine-tuning (TRL's SFT flags and YAML)
+    videollamb-hf eval BENCH --questions Q --answers A --video-root DIR   benchmark evaluation
     videollamb-hf make-tiny DIR                               a tiny random model folder to try everything offline
 
 `--model` defaults to ColorfulAI/VideoLLaMB; point it at a local folder to work offline.
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
     )
     commands.add_parser("sft", help="fine-tune with TRL's SFT script (all `trl sft` flags; see videollamb_hf.sft)",
+                        add_help=False)  # fmt: skip
+    commands.add_parser("eval", help="multiple-choice benchmarks (EgoSchema, NExT-QA, MVBench, EgoPlan, Video-MME)",
                         add_help=False)  # fmt: skip
     tiny = commands.add_parser("make-tiny", help="write a tiny random VideoLLaMB folder (offline tries)")
     tiny.add_argument("directory")
@@ -345,6 +348,10 @@ def main(argv=None) -> int:
         from . import sft
 
         return sft.main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from .evaluation.benchmarks import main as evaluation_main
+
+        return evaluation_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "convert":

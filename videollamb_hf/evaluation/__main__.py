@@ -1,0 +1,6 @@
+import sys
+
+from .benchmarks import main
+
+
+sys.exit(main())

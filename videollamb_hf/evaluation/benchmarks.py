@@ -1,0 +1,441 @@
+"""Deterministic multiple-choice evaluation: EgoSchema, NExT-QA, MVBench, EgoPlan (the authors' `test_q.json` /
+`test_a.json` files) and Video-MME (its public parquet / JSON layout).
+
+    videollamb-hf eval egoschema --questions test_q.json --answers test_a.json --video-root DIR --model M
+    accelerate launch --num_processes 4 -m videollamb_hf.evaluation nextqa --questions ... (sharded by rank)
+
+Protocol (the original's, `llava/eval/model_videoqa_mc.py`): the question, a newline, one `"{letter}. {option}\\n"`
+per option in order, then "Answer with the option's letter from the given choices directly.", with the video first,
+in the `llava_v1` template; 16 frames (EgoSchema, EgoPlan) or 8 (NExT-QA, MVBench), uniform sampling; questions
+and answers paired by list position (their ids must agree). Ours is deterministic by default (greedy, no flip);
+`--original-protocol` samples at temperature 0.2 with a fixed seed and scores with their extraction
+(`output.split('.')[0]`), so both numbers can be shown side by side. Every question gets one JSONL record, flushed
+as it is produced (`--resume` continues a stopped run); missing videos are recorded and counted, never skipped
+silently.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+LETTERS = "ABCDE"
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+BENCHMARKS = {
+    "egoschema": {"num_frames": 16, "family": None},
+    "nextqa": {"num_frames": 8, "family": "first_letter"},  # C causal, T temporal, D descriptive
+    "mvbench": {"num_frames": 8, "family": "type"},  # its 20 task types
+    "egoplan": {"num_frames": 16, "family": None},
+    "videomme": {"num_frames": 16, "family": "type"},
+}
+FAMILY_NAMES = {"C": "causal", "T": "temporal", "D": "descriptive"}
+
+
+@dataclass
+class Question:
+    id: str
+    video_name: str
+    question: str
+    options: list[str]
+    answer: int | None
+    type: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _read(path) -> list[dict]:
+    text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)
+
+
+def load_questions(benchmark: str, questions, answers=None) -> list[Question]:
+    """The questions of a benchmark file pair (or a Video-MME parquet / JSON file), paired by position.
+
+    Raises:
+        `ValueError` when the answer file's ids do not agree with the question file's (position by position) or
+        the lengths differ; `KeyError` for an unknown benchmark.
+    """
+    if benchmark not in BENCHMARKS:
+        raise KeyError(f"Unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}.")
+    if benchmark == "videomme":
+        return _load_videomme(questions)
+    rows = _read(questions)
+    gold = _read(answers) if answers is not None else [{} for _ in rows]
+    if len(gold) != len(rows):
+        raise ValueError(f"{questions} has {len(rows)} questions but {answers} has {len(gold)} answers.")
+    loaded = []
+    for index, (row, answer) in enumerate(zip(rows, gold)):
+        if answer and str(answer.get("question_id")) != str(row["question_id"]):
+            raise ValueError(
+                f"Question {index}: id {row['question_id']!r} in {questions} but {answer.get('question_id')!r} in "
+                f"{answers} (the files are paired by position)."
+            )
+        options = list(row["option"].values())
+        kind = answer.get("type", row.get("type"))
+        extra = {k: v for k, v in row.items() if k not in ("video_name", "question_id", "question", "option", "type")}
+        loaded.append(Question(str(row["question_id"]), str(row["video_name"]), row["question"], options,
+                               answer.get("answer"), kind, extra))  # fmt: skip
+    return loaded
+
+
+def _load_videomme(path) -> list[Question]:
+    from datasets import load_dataset
+
+    kind = "parquet" if str(path).endswith(".parquet") else "json"
+    rows = load_dataset(kind, data_files=str(path), split="train")
+    loaded = []
+    for index, row in enumerate(rows):
+        options = [re.sub(r"^[A-E]\.\s*", "", o) for o in row["options"]]
+        answer = LETTERS.index(row["answer"].strip()) if row.get("answer") else None
+        qid = row.get("question_id") or f"{row['videoID']}-{index}"
+        extra = {k: row[k] for k in ("duration", "domain") if k in row}
+        loaded.append(Question(str(qid), str(row["videoID"]), row["question"], options, answer,
+                               row.get("task_type"), extra))  # fmt: skip
+    return loaded
+
+
+def build_prompt(question: Question) -> str:
+    """The original's question text (the video placeholder is added by the chat template)."""
+    text = question.question + "\n"
+    for letter, option in zip(LETTERS, question.options):
+        text += f"{letter}. {option}\n"
+    return text + INSTRUCTION
+
+
+# -- answer extraction --------------------------------------------------------------------------------------------
+
+_RULES = [
+    ("letter", r"^\s*\(?([A-E])\)?\s*[.:)]?\s*$"),
+    ("leading letter", r"^\s*\(?([A-E])\)?\s*[.:)]\s*\S"),
+    ("leading letter", r"^\s*\(?([A-E])\s+\S"),
+    ("answer is", r"(?:answer|option|choice)\s*(?:is|:)?\s*[:\-]?\s*\(?([A-E])\)?(?![A-Za-z])"),
+    ("parenthesised letter", r"\(([A-E])\)"),
+]
+
+
+def extract_answer(output: str, options: list[str]) -> tuple[str | None, str]:
+    """The letter a model's answer names, and which rule found it: `A`, `A.`, `(A)`, `A) text`, `The answer is A`,
+    or the text of exactly one option. `(None, "unparseable")` otherwise."""
+    text = output.strip()
+    letters = LETTERS[: len(options)]
+    for rule, pattern in _RULES:
+        match = re.search(pattern, text, flags=re.IGNORECASE if rule == "answer is" else 0)
+        if match and match.group(1).upper() in letters:
+            return match.group(1).upper(), rule
+    lowered = text.lower().rstrip(".")
+    hits = [letters[i] for i, option in enumerate(options) if option and option.lower().rstrip(".") in lowered]
+    if len(hits) == 1:
+        return hits[0], "option text"
+    return None, "unparseable"
+
+
+def original_extraction(output: str) -> str:
+    """The authors' scoring: `output.split('.')[0]` compared (stripped of '.') with the letter."""
+    return output.split(".")[0].strip(".")
+
+
+# -- videos -------------------------------------------------------------------------------------------------------
+
+
+def find_video(root, name: str, video_map: dict | None = None) -> str | None:
+    """The file (or folder of frames, MVBench) for `name` under `root`: as given, or with a video suffix."""
+    if video_map and name in video_map:
+        return str(video_map[name])
+    base = Path(root) / name
+    if base.exists():
+        return str(base)
+    for suffix in VIDEO_SUFFIXES:
+        if base.with_name(base.name + suffix).exists():
+            return str(base.with_name(base.name + suffix))
+    return None
+
+
+def _frames_from_folder(folder: str):
+    import numpy as np
+    from PIL import Image
+
+    names = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not names:
+        raise ValueError(f"The frame folder {folder} holds no .jpg/.png frames.")
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in names])
+
+
+# -- running ------------------------------------------------------------------------------------------------------
+
+
+def _letter_ids(tokenizer) -> list[int]:
+    """Token ids of the letters as the first answer token after `ASSISTANT:` (sentencepiece's `▁A`)."""
+    ids = []
+    for letter in LETTERS:
+        token = tokenizer.convert_tokens_to_ids("▁" + letter)
+        if token is None or token == tokenizer.unk_token_id:
+            token = tokenizer(letter, add_special_tokens=False)["input_ids"][-1]
+        ids.append(token)
+    return ids
+
+
+def answer_question(model, processor, question: Question, video, settings: dict) -> dict:
+    """One question: the prompt, the model's output (or its letter likelihoods) and the extracted letter."""
+    import torch
+
+    prompt = build_prompt(question)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    frames = _frames_from_folder(video) if os.path.isdir(video) else video
+    inputs = processor(text=text, videos=[frames], num_frames=settings["num_frames"], return_tensors="pt")
+    inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    record = {"prompt": prompt, "frames": int(inputs["pixel_values_videos"].shape[1])}
+    with torch.no_grad():
+        if settings["mode"] == "likelihood":
+            logits = model(**inputs).logits[0, -1].float().log_softmax(-1)
+            ids = _letter_ids(processor.tokenizer)[: len(question.options)]
+            scores = [float(logits[i]) for i in ids]
+            letter = LETTERS[max(range(len(scores)), key=scores.__getitem__)]
+            record.update(output=None, letter=letter, rule="likelihood", scores=scores)
+            return record
+        generation = {"max_new_tokens": settings["max_new_tokens"], "do_sample": False}
+        if settings["original_protocol"]:
+            torch.manual_seed(settings["seed"])
+            generation.update(do_sample=True, temperature=0.2)
+        out = model.generate(**inputs, **generation)
+    output = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    letter, rule = extract_answer(output, question.options)
+    record.update(output=output, letter=letter, rule=rule, original_letter=original_extraction(output))
+    return record
+
+
+def _read_jsonl(path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(Path(path).read_text(encoding="utf-8").splitlines()):
+                break  # a record cut by an interruption: redone
+            raise ValueError(f"{path}: line {number} is not JSON; the predictions file is damaged.") from None
+    return records
+
+
+def evaluate(model, processor, benchmark: str, questions: list[Question], video_root, output_dir,
+             num_frames: int | None = None, mode: str = "generate", original_protocol: bool = False,
+             max_new_tokens: int = 16, seed: int = 0, resume: bool = False, rank: int = 0, world_size: int = 1,
+             video_map: dict | None = None, progress: bool = True) -> Path:  # fmt: skip
+    """Answer this rank's share of `questions` (every `world_size`-th, from `rank`), one JSONL record each, flushed
+    as produced. Returns the rank's predictions file."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"benchmark": benchmark, "num_frames": num_frames or BENCHMARKS[benchmark]["num_frames"], "mode": mode,
+                "original_protocol": original_protocol, "max_new_tokens": max_new_tokens, "seed": seed}  # fmt: skip
+    shard = questions[rank::world_size]
+    path = output_dir / (f"predictions.rank{rank}.jsonl" if world_size > 1 else "predictions.jsonl")
+    done = {}
+    if resume:
+        by_id = {q.id: q for q in shard}
+        for record in _read_jsonl(path):
+            question = by_id.get(record["id"])
+            if question is None or (record.get("prompt") and record["prompt"] != build_prompt(question)):
+                raise ValueError(f"{path} holds a record ({record['id']!r}) that is not this run's: not resuming.")
+            done[record["id"]] = record
+        path.write_text("".join(json.dumps(done[q.id]) + "\n" for q in shard if q.id in done))
+    elif path.exists():
+        path.unlink()
+    from tqdm.auto import tqdm
+
+    todo = [q for q in shard if q.id not in done]
+    with open(path, "a", encoding="utf-8") as file:
+        for question in tqdm(todo, desc=f"{benchmark} rank {rank}", disable=not progress, file=sys.stderr):
+            started = time.perf_counter()
+            record = {"id": question.id, "video": question.video_name, "answer": question.answer,
+                      "type": question.type}  # fmt: skip
+            video = find_video(video_root, question.video_name, video_map)
+            if video is None:
+                record.update(status="missing", prompt=build_prompt(question), letter=None, correct=False)
+            else:
+                try:
+                    record.update(answer_question(model, processor, question, video, settings), status="ok")
+                except (ValueError, FileNotFoundError) as error:  # unreadable video: recorded, counted
+                    record.update(status="unreadable", error=str(error), prompt=build_prompt(question), letter=None)
+                gold = LETTERS[question.answer] if question.answer is not None else None
+                record["correct"] = record.get("letter") is not None and record["letter"] == gold
+                if "original_letter" in record:
+                    record["correct_original"] = record["original_letter"] == gold
+            record["seconds"] = round(time.perf_counter() - started, 4)
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+    (output_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    return path
+
+
+def merge_and_report(benchmark: str, questions: list[Question], output_dir, world_size: int = 1,
+                     max_missing_fraction: float = 0.0) -> dict:  # fmt: skip
+    """Merge the ranks' records in question order and write `report.json` + `report.md`. Raises `RuntimeError`
+    when more than `max_missing_fraction` of the videos were missing or unreadable."""
+    output_dir = Path(output_dir)
+    if world_size > 1:
+        records = {}
+        for rank in range(world_size):
+            for record in _read_jsonl(output_dir / f"predictions.rank{rank}.jsonl"):
+                records[record["id"]] = record
+        ordered = [records[q.id] for q in questions if q.id in records]
+        (output_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ordered))
+    records = _read_jsonl(output_dir / "predictions.jsonl")
+    report = build_report(benchmark, records, len(questions))
+    report["settings"] = (
+        json.loads((output_dir / "settings.json").read_text()) if (output_dir / "settings.json").exists() else {}
+    )
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (output_dir / "report.md").write_text(report_markdown(report))
+    missing = report["missing"] + report["unreadable"]
+    if report["total"] and missing / report["total"] > max_missing_fraction:
+        raise RuntimeError(
+            f"{missing} of {report['total']} videos were missing or unreadable (more than {max_missing_fraction:.0%}); "
+            f"see {output_dir / 'predictions.jsonl'} (status 'missing' / 'unreadable')."
+        )
+    return report
+
+
+def _family(benchmark: str, kind: str | None) -> str | None:
+    rule = BENCHMARKS[benchmark]["family"]
+    if rule is None or not kind:
+        return None
+    if rule == "first_letter":
+        return FAMILY_NAMES.get(kind[0], kind[0])
+    return kind
+
+
+def build_report(benchmark: str, records: list[dict], total: int) -> dict:
+    """Accuracy over all questions (a missing video counts as wrong), over the answered ones, per family/type."""
+    answered = [r for r in records if r.get("status") == "ok"]
+    report = {
+        "benchmark": benchmark,
+        "total": total,
+        "recorded": len(records),
+        "answered": len(answered),
+        "missing": sum(r.get("status") == "missing" for r in records),
+        "unreadable": sum(r.get("status") == "unreadable" for r in records),
+        "unparseable": sum(r.get("status") == "ok" and r.get("letter") is None for r in records),
+        "correct": sum(bool(r.get("correct")) for r in records),
+    }
+    report["accuracy"] = round(100 * report["correct"] / total, 2) if total else 0.0
+    report["accuracy_answered"] = round(100 * report["correct"] / len(answered), 2) if answered else 0.0
+    if any("correct_original" in r for r in answered):
+        report["accuracy_original_extraction"] = round(
+            100 * sum(bool(r.get("correct_original")) for r in answered) / total, 2
+        )
+    rules = {}
+    for r in answered:
+        rules[r.get("rule")] = rules.get(r.get("rule"), 0) + 1
+    report["extraction_rules"] = rules
+    families = {}
+    for r in records:
+        family = _family(benchmark, r.get("type"))
+        if family is not None:
+            entry = families.setdefault(family, {"total": 0, "correct": 0})
+            entry["total"] += 1
+            entry["correct"] += bool(r.get("correct"))
+    for entry in families.values():
+        entry["accuracy"] = round(100 * entry["correct"] / entry["total"], 2)
+    report["per_family"] = dict(sorted(families.items()))
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# {report['benchmark']}", "", "| | |", "|---|---|"]
+    for key in ("total", "answered", "missing", "unreadable", "unparseable", "correct", "accuracy",
+                "accuracy_answered", "accuracy_original_extraction"):  # fmt: skip
+        if key in report:
+            lines.append(f"| {key} | {report[key]} |")
+    if report.get("per_family"):
+        lines += ["", "| family / type | questions | accuracy |", "|---|---|---|"]
+        lines += [f"| {k} | {v['total']} | {v['accuracy']} |" for k, v in report["per_family"].items()]
+    lines += ["", "Settings: `" + json.dumps(report.get("settings", {})) + "`", ""]
+    return "\n".join(lines)
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="videollamb-hf eval", description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("benchmark", choices=list(BENCHMARKS))
+    parser.add_argument("--questions", required=True, help="test_q.json (Video-MME: its parquet / JSON file)")
+    parser.add_argument("--answers", help="test_a.json (not for Video-MME)")
+    parser.add_argument("--video-root", required=True)
+    parser.add_argument("--video-map", help="JSON {video_name: path}, overriding the lookup under --video-root")
+    parser.add_argument("--model", default="ColorfulAI/VideoLLaMB")
+    parser.add_argument(
+        "--num-frames", type=int, default=None, help="default: 16 EgoSchema/EgoPlan, 8 NExT-QA/MVBench"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="the first K questions only")
+    parser.add_argument("--output-dir", default=None, help="default: eval-BENCH")
+    parser.add_argument("--mode", choices=["generate", "likelihood"], default="generate")
+    parser.add_argument("--original-protocol", action="store_true", help="sampling T=0.2 with --seed, their scoring")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--max-missing-fraction", type=float, default=0.0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import videollamb_hf  # noqa: F401
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo across the launched processes
+    try:
+        questions = load_questions(args.benchmark, args.questions, args.answers)
+    except (ValueError, KeyError, OSError) as error:
+        print(f"videollamb-hf eval: error: {error}", file=sys.stderr)
+        return 2
+    if args.limit:
+        questions = questions[: args.limit]
+    output_dir = Path(args.output_dir or f"eval-{args.benchmark}")
+    video_map = json.loads(Path(args.video_map).read_text()) if args.video_map else None
+    device = args.device or (f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu")
+    try:
+        processor = AutoProcessor.from_pretrained(args.model)
+        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype).to(device).eval()
+    except (OSError, ValueError) as error:
+        print(f"videollamb-hf eval: error: cannot load {args.model!r} ({str(error).splitlines()[0]}); pass --model "
+              "with a local folder.", file=sys.stderr)  # fmt: skip
+        return 2
+    evaluate(model, processor, args.benchmark, questions, args.video_root, output_dir, num_frames=args.num_frames,
+             mode=args.mode, original_protocol=args.original_protocol, max_new_tokens=args.max_new_tokens,
+             seed=args.seed, resume=args.resume, rank=state.process_index, world_size=state.num_processes,
+             video_map=video_map, progress=not args.quiet)  # fmt: skip
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
+    try:
+        report = merge_and_report(
+            args.benchmark, questions, output_dir, state.num_processes, args.max_missing_fraction
+        )
+    except RuntimeError as error:
+        print(f"videollamb-hf eval: error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: report[k] for k in ("benchmark", "total", "answered", "missing", "unparseable", "accuracy")}))
+    return 0
+
+
+__all__ = ["BENCHMARKS", "Question", "build_prompt", "evaluate", "extract_answer", "load_questions", "main",
+           "merge_and_report", "original_extraction"]  # fmt: skip
