@@ -219,3 +219,13 @@ def test_two_processes_give_the_same_results_as_one(repo, tmp_path):
                               *common[9:], "--output-dir", str(tmp_path / "miss")],
                              capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert missing.returncode == 1 and "6 of 6 videos were missing" in missing.stderr
+
+
+def test_decode_workers_give_the_same_records(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    questions = load_questions("egoplan", *files("egoplan"))[:6]
+    kwargs = dict(max_new_tokens=3, video_map=clip_map(questions), progress=False)
+    inline = evaluate(model, processor, "egoplan", questions, VIDEOS, tmp_path / "inline", num_workers=0, **kwargs)
+    workers = evaluate(model, processor, "egoplan", questions, VIDEOS, tmp_path / "workers", num_workers=2, **kwargs)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(_records(workers)) == strip(_records(inline))

@@ -181,17 +181,22 @@ def _letter_ids(tokenizer) -> list[int]:
     return ids
 
 
-def answer_question(model, processor, question: Question, video, settings: dict) -> dict:
-    """One question: the prompt, the model's output (or its letter likelihoods) and the extracted letter."""
-    import torch
-
+def prepare_inputs(processor, question: Question, video, settings: dict) -> dict:
+    """Decode, sample and tokenize one question (CPU work; runs in DataLoader workers when asked)."""
     prompt = build_prompt(question)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     frames = _frames_from_folder(video) if os.path.isdir(video) else video
     inputs = processor(text=text, videos=[frames], num_frames=settings["num_frames"], return_tensors="pt")
+    return dict(inputs)
+
+
+def run_model(model, processor, question: Question, inputs: dict, settings: dict) -> dict:
+    """The model's output (or its letter likelihoods) for prepared inputs, and the extracted letter."""
+    import torch
+
     inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
-    record = {"prompt": prompt, "frames": int(inputs["pixel_values_videos"].shape[1])}
+    record = {"prompt": build_prompt(question), "frames": int(inputs["pixel_values_videos"].shape[1])}
     with torch.no_grad():
         if settings["mode"] == "likelihood":
             logits = model(**inputs).logits[0, -1].float().log_softmax(-1)
@@ -209,6 +214,33 @@ def answer_question(model, processor, question: Question, video, settings: dict)
     letter, rule = extract_answer(output, question.options)
     record.update(output=output, letter=letter, rule=rule, original_letter=original_extraction(output))
     return record
+
+
+def answer_question(model, processor, question: Question, video, settings: dict) -> dict:
+    """One question end to end (decode + model)."""
+    return run_model(model, processor, question, prepare_inputs(processor, question, video, settings), settings)
+
+
+class _PreparedQuestions:
+    """Map-style dataset for a DataLoader: decoding and tokenizing happen in its workers, the model in the main
+    process, so the accelerator does not wait on PyAV."""
+
+    def __init__(self, processor, questions, video_root, video_map, settings):
+        self.processor, self.questions = processor, questions
+        self.video_root, self.video_map, self.settings = video_root, video_map, settings
+
+    def __len__(self):
+        return len(self.questions)
+
+    def __getitem__(self, index):
+        question = self.questions[index]
+        video = find_video(self.video_root, question.video_name, self.video_map)
+        if video is None:
+            return index, "missing", None
+        try:
+            return index, "ok", prepare_inputs(self.processor, question, video, self.settings)
+        except (ValueError, FileNotFoundError, OSError) as error:
+            return index, "unreadable", str(error)
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -230,9 +262,10 @@ def _read_jsonl(path) -> list[dict]:
 def evaluate(model, processor, benchmark: str, questions: list[Question], video_root, output_dir,
              num_frames: int | None = None, mode: str = "generate", original_protocol: bool = False,
              max_new_tokens: int = 16, seed: int = 0, resume: bool = False, rank: int = 0, world_size: int = 1,
-             video_map: dict | None = None, progress: bool = True) -> Path:  # fmt: skip
+             video_map: dict | None = None, progress: bool = True, num_workers: int = 0) -> Path:  # fmt: skip
     """Answer this rank's share of `questions` (every `world_size`-th, from `rank`), one JSONL record each, flushed
-    as produced. Returns the rank's predictions file."""
+    as produced; with `num_workers`, videos are decoded in DataLoader worker processes while the model runs.
+    Returns the rank's predictions file."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = {"benchmark": benchmark, "num_frames": num_frames or BENCHMARKS[benchmark]["num_frames"], "mode": mode,
@@ -253,24 +286,32 @@ def evaluate(model, processor, benchmark: str, questions: list[Question], video_
     from tqdm.auto import tqdm
 
     todo = [q for q in shard if q.id not in done]
+    prepared = _PreparedQuestions(processor, todo, video_root, video_map, settings)
+    if num_workers:
+        import torch
+
+        items = torch.utils.data.DataLoader(prepared, batch_size=None, num_workers=num_workers, collate_fn=lambda x: x,
+                                            prefetch_factor=2)  # fmt: skip
+    else:
+        items = (prepared[i] for i in range(len(prepared)))
     with open(path, "a", encoding="utf-8") as file:
-        for question in tqdm(todo, desc=f"{benchmark} rank {rank}", disable=not progress, file=sys.stderr):
-            started = time.perf_counter()
+        started = time.perf_counter()
+        for index, status, payload in tqdm(items, total=len(todo), desc=f"{benchmark} rank {rank}",
+                                           disable=not progress, file=sys.stderr):  # fmt: skip
+            question = todo[index]
             record = {"id": question.id, "video": question.video_name, "answer": question.answer,
-                      "type": question.type}  # fmt: skip
-            video = find_video(video_root, question.video_name, video_map)
-            if video is None:
-                record.update(status="missing", prompt=build_prompt(question), letter=None, correct=False)
-            else:
-                try:
-                    record.update(answer_question(model, processor, question, video, settings), status="ok")
-                except (ValueError, FileNotFoundError) as error:  # unreadable video: recorded, counted
-                    record.update(status="unreadable", error=str(error), prompt=build_prompt(question), letter=None)
-                gold = LETTERS[question.answer] if question.answer is not None else None
-                record["correct"] = record.get("letter") is not None and record["letter"] == gold
-                if "original_letter" in record:
-                    record["correct_original"] = record["original_letter"] == gold
-            record["seconds"] = round(time.perf_counter() - started, 4)
+                      "type": question.type, "status": status, "prompt": build_prompt(question)}  # fmt: skip
+            if status == "ok":
+                record.update(run_model(model, processor, question, payload, settings))
+            elif status == "unreadable":  # recorded and counted, never skipped silently
+                record["error"] = payload
+            gold = LETTERS[question.answer] if question.answer is not None else None
+            record.setdefault("letter", None)
+            record["correct"] = record["letter"] is not None and record["letter"] == gold
+            if "original_letter" in record:
+                record["correct_original"] = record["original_letter"] == gold
+            now = time.perf_counter()
+            record["seconds"], started = round(now - started, 4), now
             file.write(json.dumps(record) + "\n")
             file.flush()
     (output_dir / "settings.json").write_text(json.dumps(settings, indent=2))
@@ -388,6 +429,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--max-missing-fraction", type=float, default=0.0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers decoding videos (default: 2 with a GPU, 0 = inline on CPU, where "
+                        "workers only compete with the model for the same cores)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -422,7 +466,8 @@ def main(argv=None) -> int:
     evaluate(model, processor, args.benchmark, questions, args.video_root, output_dir, num_frames=args.num_frames,
              mode=args.mode, original_protocol=args.original_protocol, max_new_tokens=args.max_new_tokens,
              seed=args.seed, resume=args.resume, rank=state.process_index, world_size=state.num_processes,
-             video_map=video_map, progress=not args.quiet)  # fmt: skip
+             video_map=video_map, progress=not args.quiet,
+             num_workers=args.num_workers if args.num_workers is not None else (2 if torch.cuda.is_available() else 0))  # fmt: skip
     state.wait_for_everyone()
     if not state.is_main_process:
         return 0
