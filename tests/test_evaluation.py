@@ -229,3 +229,31 @@ def test_decode_workers_give_the_same_records(model_and_processor, tmp_path):
     workers = evaluate(model, processor, "egoplan", questions, VIDEOS, tmp_path / "workers", num_workers=2, **kwargs)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(_records(workers)) == strip(_records(inline))
+
+
+@pytest.mark.parametrize("mode", ["generate", "likelihood"])
+def test_batched_answers_equal_one_at_a_time(model_and_processor, tmp_path, mode):
+    model, processor = model_and_processor
+    questions = load_questions("mvbench", *files("mvbench"))[:7]  # 4 or 5 options: ragged prompt lengths
+    kwargs = dict(max_new_tokens=3, video_map=clip_map(questions), progress=False, mode=mode)
+    single = evaluate(model, processor, "mvbench", questions, VIDEOS, tmp_path / "one", batch_size=1, **kwargs)
+    batched = evaluate(model, processor, "mvbench", questions, VIDEOS, tmp_path / "three", batch_size=3, **kwargs)
+    a, b = _records(single), _records(batched)
+    for one, many in zip(a, b):
+        assert {k: v for k, v in one.items() if k not in ("seconds", "scores")} == {
+            k: v for k, v in many.items() if k not in ("seconds", "scores")
+        }
+        if mode == "likelihood":
+            assert one["scores"] == pytest.approx(many["scores"], abs=1e-4)
+
+
+def test_original_protocol_is_seeded_and_scored_their_way(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    questions = load_questions("egoschema", *files("egoschema"))[:4]
+    kwargs = dict(max_new_tokens=4, video_map=clip_map(questions), progress=False, original_protocol=True, seed=7)
+    first = _records(evaluate(model, processor, "egoschema", questions, VIDEOS, tmp_path / "a", **kwargs))
+    second = _records(evaluate(model, processor, "egoschema", questions, VIDEOS, tmp_path / "b", **kwargs))
+    assert [r["output"] for r in first] == [r["output"] for r in second]  # T=0.2 sampling with a fixed seed
+    assert all(r["original_letter"] == original_extraction(r["output"]) for r in first)
+    report = merge_and_report("egoschema", questions, tmp_path / "a")
+    assert "accuracy_original_extraction" in report and report["settings"]["original_protocol"] is True

@@ -216,6 +216,61 @@ def run_model(model, processor, question: Question, inputs: dict, settings: dict
     return record
 
 
+def collate(prepared: list[dict], pad_token_id: int) -> dict:
+    """Several prepared questions as one batch: prompts left-padded (the model derives positions from the mask),
+    videos padded to the longest with a `video_frames_mask`."""
+    import torch
+
+    width = max(p["input_ids"].shape[1] for p in prepared)
+    frames = max(p["pixel_values_videos"].shape[1] for p in prepared)
+    ids, masks, pixels, frame_masks = [], [], [], []
+    for p in prepared:
+        extra = width - p["input_ids"].shape[1]
+        ids.append(torch.nn.functional.pad(p["input_ids"][0], (extra, 0), value=pad_token_id))
+        masks.append(torch.nn.functional.pad(p["attention_mask"][0], (extra, 0), value=0))
+        video = p["pixel_values_videos"][0]
+        pixels.append(torch.nn.functional.pad(video, (0, 0, 0, 0, 0, 0, 0, frames - video.shape[0])))
+        frame_masks.append(torch.arange(frames) < video.shape[0])
+    batch = {
+        "input_ids": torch.stack(ids),
+        "attention_mask": torch.stack(masks),
+        "pixel_values_videos": torch.stack(pixels),
+    }
+    if any(p["pixel_values_videos"].shape[1] != frames for p in prepared):
+        batch["video_frames_mask"] = torch.stack(frame_masks)
+    return batch
+
+
+def run_model_batch(model, processor, questions: list[Question], prepared: list[dict], settings: dict) -> list[dict]:
+    """`run_model` over several questions at once (greedy / likelihood results equal one at a time)."""
+    import torch
+
+    if len(prepared) == 1:
+        return [run_model(model, processor, questions[0], prepared[0], settings)]
+    batch = {k: v.to(model.device) for k, v in collate(prepared, processor.tokenizer.pad_token_id).items()}
+    records = [{"prompt": build_prompt(q), "frames": int(p["pixel_values_videos"].shape[1])}
+               for q, p in zip(questions, prepared)]  # fmt: skip
+    with torch.no_grad():
+        if settings["mode"] == "likelihood":
+            logits = model(**batch).logits[:, -1].float().log_softmax(-1)
+            for row, question, record in zip(logits, questions, records):
+                ids = _letter_ids(processor.tokenizer)[: len(question.options)]
+                scores = [float(row[i]) for i in ids]
+                record.update(output=None, letter=LETTERS[max(range(len(scores)), key=scores.__getitem__)],
+                              rule="likelihood", scores=scores)  # fmt: skip
+            return records
+        generation = {"max_new_tokens": settings["max_new_tokens"], "do_sample": False}
+        if settings["original_protocol"]:
+            torch.manual_seed(settings["seed"])
+            generation.update(do_sample=True, temperature=0.2)
+        out = model.generate(**batch, **generation)
+    for row, question, record in zip(out[:, batch["input_ids"].shape[1] :], questions, records):
+        output = processor.decode(row, skip_special_tokens=True).strip()
+        letter, rule = extract_answer(output, question.options)
+        record.update(output=output, letter=letter, rule=rule, original_letter=original_extraction(output))
+    return records
+
+
 def answer_question(model, processor, question: Question, video, settings: dict) -> dict:
     """One question end to end (decode + model)."""
     return run_model(model, processor, question, prepare_inputs(processor, question, video, settings), settings)
@@ -262,9 +317,11 @@ def _read_jsonl(path) -> list[dict]:
 def evaluate(model, processor, benchmark: str, questions: list[Question], video_root, output_dir,
              num_frames: int | None = None, mode: str = "generate", original_protocol: bool = False,
              max_new_tokens: int = 16, seed: int = 0, resume: bool = False, rank: int = 0, world_size: int = 1,
-             video_map: dict | None = None, progress: bool = True, num_workers: int = 0) -> Path:  # fmt: skip
+             video_map: dict | None = None, progress: bool = True, num_workers: int = 0,
+             batch_size: int = 1) -> Path:  # fmt: skip
     """Answer this rank's share of `questions` (every `world_size`-th, from `rank`), one JSONL record each, flushed
-    as produced; with `num_workers`, videos are decoded in DataLoader worker processes while the model runs.
+    as produced; with `num_workers`, videos are decoded in DataLoader worker processes while the model runs;
+    `batch_size` questions are answered per model call (prompts left-padded; greedy results are the same).
     Returns the rank's predictions file."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -294,26 +351,46 @@ def evaluate(model, processor, benchmark: str, questions: list[Question], video_
                                             prefetch_factor=2)  # fmt: skip
     else:
         items = (prepared[i] for i in range(len(prepared)))
+
+    def chunks():
+        chunk = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
     with open(path, "a", encoding="utf-8") as file:
         started = time.perf_counter()
-        for index, status, payload in tqdm(items, total=len(todo), desc=f"{benchmark} rank {rank}",
-                                           disable=not progress, file=sys.stderr):  # fmt: skip
-            question = todo[index]
-            record = {"id": question.id, "video": question.video_name, "answer": question.answer,
-                      "type": question.type, "status": status, "prompt": build_prompt(question)}  # fmt: skip
-            if status == "ok":
-                record.update(run_model(model, processor, question, payload, settings))
-            elif status == "unreadable":  # recorded and counted, never skipped silently
-                record["error"] = payload
-            gold = LETTERS[question.answer] if question.answer is not None else None
-            record.setdefault("letter", None)
-            record["correct"] = record["letter"] is not None and record["letter"] == gold
-            if "original_letter" in record:
-                record["correct_original"] = record["original_letter"] == gold
+        bar = tqdm(total=len(todo), desc=f"{benchmark} rank {rank}", disable=not progress, file=sys.stderr)
+        for chunk in chunks():
+            ok = [(index, payload) for index, status, payload in chunk if status == "ok"]
+            results = (
+                run_model_batch(model, processor, [todo[i] for i, _ in ok], [p for _, p in ok], settings) if ok else []
+            )
+            by_index = {i: r for (i, _), r in zip(ok, results)}
             now = time.perf_counter()
-            record["seconds"], started = round(now - started, 4), now
-            file.write(json.dumps(record) + "\n")
+            for index, status, payload in chunk:
+                question = todo[index]
+                record = {"id": question.id, "video": question.video_name, "answer": question.answer,
+                          "type": question.type, "status": status, "prompt": build_prompt(question)}  # fmt: skip
+                if status == "ok":
+                    record.update(by_index[index])
+                elif status == "unreadable":  # recorded and counted, never skipped silently
+                    record["error"] = payload
+                gold = LETTERS[question.answer] if question.answer is not None else None
+                record.setdefault("letter", None)
+                record["correct"] = record["letter"] is not None and record["letter"] == gold
+                if "original_letter" in record:
+                    record["correct_original"] = record["original_letter"] == gold
+                record["seconds"] = round((now - started) / len(chunk), 4)
+                file.write(json.dumps(record) + "\n")
             file.flush()
+            started = now
+            bar.update(len(chunk))
+        bar.close()
     (output_dir / "settings.json").write_text(json.dumps(settings, indent=2))
     return path
 
@@ -432,6 +509,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers decoding videos (default: 2 with a GPU, 0 = inline on CPU, where "
                         "workers only compete with the model for the same cores)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per model call")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -467,7 +545,8 @@ def main(argv=None) -> int:
              mode=args.mode, original_protocol=args.original_protocol, max_new_tokens=args.max_new_tokens,
              seed=args.seed, resume=args.resume, rank=state.process_index, world_size=state.num_processes,
              video_map=video_map, progress=not args.quiet,
-             num_workers=args.num_workers if args.num_workers is not None else (2 if torch.cuda.is_available() else 0))  # fmt: skip
+             num_workers=args.num_workers if args.num_workers is not None else (2 if torch.cuda.is_available() else 0),
+             batch_size=args.batch_size)  # fmt: skip
     state.wait_for_everyone()
     if not state.is_main_process:
         return 0
