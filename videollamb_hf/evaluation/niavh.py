@@ -1,0 +1,227 @@
+"""Needle in a Video Haystack (MM-NIAVH, the paper's benchmark): the pieces that define the protocol.
+
+This first part holds what the original's protocol fixes (bigai-nlco/MM-NIAVH `llm_needle_haystack_tester.py`):
+the length and depth grids, the insertion point, the needles' overlays (text as white subtitles at the bottom with
+the original's font-size rule, an image or a video centred) drawn with PIL + numpy on RGB frames (no moviepy, no
+ImageMagick; the text font is the one Pillow ships), a haystack made of any list of videos concatenated and
+repeated, the in-memory composition of the frames a model samples, and the judge's `[[rating]]` parsing with an
+OpenAI-compatible client. The runner, the offline scoring modes and the heatmap report are not built yet.
+"""
+
+import json
+import re
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+DEFAULT_NEEDLE_DESCRIPTION = "the young man seated on a cloud in the sky is reading a book"
+DEFAULT_QUESTION = "What is the young man seated on a cloud in the sky doing? Response the young man's action only."
+COMPOSE_FPS = 5  # the original writes the composed video at 5 fps
+
+
+def length_grid(minimum: float = 1, maximum: float = 320, num: int = 40) -> list[int]:
+    """Haystack lengths in seconds: `np.round(np.linspace(min, max, num)).astype(int)` (the original's)."""
+    return np.round(np.linspace(minimum, maximum, num=num, endpoint=True)).astype(int).tolist()
+
+
+def _logistic(x: float, top: float = 100, x0: float = 50, k: float = 0.1) -> float:
+    # Quirk kept: the original's `L * sigmoid(-k (x - x0))` decreases between its fixed ends 0 and 100.
+    if x in (0, 100):
+        return x
+    return float(np.round(top / (1 + np.exp(k * (x - x0))), 3))
+
+
+def depth_grid(minimum: float = 0, maximum: float = 100, num: int = 12, spacing: str = "linear") -> list[float]:
+    """Needle depths in percent: linear (`np.round(np.linspace(...)).astype(int)`) or the original's sigmoid."""
+    if spacing == "linear":
+        return np.round(np.linspace(minimum, maximum, num=num, endpoint=True)).astype(int).tolist()
+    if spacing == "sigmoid":
+        return [_logistic(x) for x in np.linspace(minimum, maximum, num)]
+    raise ValueError(f"`spacing` must be 'linear' or 'sigmoid', got {spacing!r}.")
+
+
+def insertion_point(length: float, depth_percent: float) -> int:
+    """Second at which the needle starts: `int(length * depth / 100)` (the original's)."""
+    return int(length * depth_percent / 100)
+
+
+def text_font_size(text: str, frame_width: int, minimum: int = 10, maximum: int = 70) -> int:
+    """The original's rule: measure the text at the largest size, scale to 90% of the frame width, clamp."""
+    font = ImageFont.load_default(size=maximum)
+    left, _, right, _ = font.getbbox(text)
+    width = max(1, right - left)
+    return max(min(int(maximum * frame_width * 0.9 / width), maximum), minimum)
+
+
+def _paste_centred(frame: np.ndarray, picture: np.ndarray) -> np.ndarray:
+    height, width = frame.shape[:2]
+    ph, pw = picture.shape[:2]
+    if ph > height or pw > width:  # larger than the frame: fit inside, keeping the aspect ratio
+        scale = min(height / ph, width / pw)
+        picture = np.asarray(Image.fromarray(picture).resize((max(1, int(pw * scale)), max(1, int(ph * scale)))))
+        ph, pw = picture.shape[:2]
+    top, left = (height - ph) // 2, (width - pw) // 2
+    out = frame.copy()
+    out[top : top + ph, left : left + pw] = picture[..., :3]
+    return out
+
+
+@dataclass
+class Needle:
+    """A needle: `modality` "text" (`content` = the string), "image" or "video" (`content` = a file path).
+    `duration` is 1 s for text and images and the clip's own length for videos."""
+
+    modality: str
+    content: str
+    description: str = DEFAULT_NEEDLE_DESCRIPTION
+
+    def __post_init__(self):
+        if self.modality not in ("text", "image", "video"):
+            raise ValueError(f"Needle modality must be 'text', 'image' or 'video', got {self.modality!r}.")
+        self._image = None
+        self._video = None
+
+    @property
+    def duration(self) -> float:
+        if self.modality != "video":
+            return 1.0
+        return self._video_index()[1]
+
+    def _video_index(self):
+        if self._video is None:
+            from .. import video_decoding
+
+            reader = video_decoding.VideoReader(self.content)
+            times = np.asarray(reader.index.timestamps(range(reader.index.num_frames)))
+            self._video = (reader, float(reader.index.duration), times)
+        return self._video[0], self._video[1], self._video[2]
+
+    def overlay(self, frame: np.ndarray, seconds_into_needle: float) -> np.ndarray:
+        """`frame` (H, W, 3 uint8) with the needle drawn as it is `seconds_into_needle` after its start."""
+        if self.modality == "text":
+            image = Image.fromarray(frame)
+            draw = ImageDraw.Draw(image)
+            font = ImageFont.load_default(size=text_font_size(self.content, frame.shape[1]))
+            left, top, right, bottom = draw.textbbox((0, 0), self.content, font=font)
+            x = (frame.shape[1] - (right - left)) // 2 - left
+            y = frame.shape[0] - (bottom - top) - top  # "bottom", as moviepy's position
+            draw.text((x, y), self.content, fill=(255, 255, 255), font=font)
+            return np.asarray(image)
+        if self.modality == "image":
+            if self._image is None:
+                self._image = np.asarray(Image.open(self.content).convert("RGB"))
+            return _paste_centred(frame, self._image)
+        reader, _, times = self._video_index()
+        index = int(np.clip(np.searchsorted(times, seconds_into_needle, side="right") - 1, 0, len(times) - 1))
+        return _paste_centred(frame, reader.get_frames([index])[0])
+
+
+class Haystack:
+    """Any list of videos, concatenated and repeated to any length; every frame resized to the first video's size."""
+
+    def __init__(self, videos: list):
+        from ..video_decoding import VideoReader
+
+        if not videos:
+            raise ValueError("A haystack needs at least one video.")
+        self.readers = [VideoReader(v) for v in videos]
+        self.times = [np.asarray(r.index.timestamps(range(r.index.num_frames))) for r in self.readers]
+        self.durations = [max(float(r.index.duration), 1e-6) for r in self.readers]
+        self.size = (self.readers[0].index.width, self.readers[0].index.height)
+
+    @property
+    def period(self) -> float:
+        return sum(self.durations)
+
+    def locate(self, seconds: float) -> tuple[int, int]:
+        """(video, frame index) shown at `seconds` of the repeated concatenation."""
+        t = seconds % self.period
+        for video, duration in enumerate(self.durations):
+            if t < duration:
+                times = self.times[video]
+                return video, int(np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 1))
+            t -= duration
+        return len(self.durations) - 1, len(self.times[-1]) - 1
+
+    def frames_at(self, seconds: list[float]) -> np.ndarray:
+        located = [self.locate(t) for t in seconds]
+        out = [None] * len(seconds)
+        for video in {v for v, _ in located}:
+            wanted = [(i, f) for i, (v, f) in enumerate(located) if v == video]
+            frames = self.readers[video].get_frames([f for _, f in wanted])
+            for (i, _), frame in zip(wanted, frames):
+                if frame.shape[1::-1] != self.size:
+                    frame = np.asarray(Image.fromarray(frame).resize(self.size))
+                out[i] = frame
+        return np.stack(out)
+
+
+def composed_times(length: float, fps: float = COMPOSE_FPS) -> np.ndarray:
+    """Times of the frames of the composed video (the original writes it at 5 fps; its length stays `length`)."""
+    return np.arange(int(round(length * fps))) / fps
+
+
+def compose(haystack: Haystack, needle: Needle, length: float, depth_percent: float, indices=None) -> np.ndarray:
+    """Frames of the composed video (all of them, or only `indices` of the 5 fps stream: what a model samples),
+    the needle overlaid from `insertion_point` for its duration; the total length stays `length`."""
+    times = composed_times(length)
+    if indices is not None:
+        times = times[np.asarray(indices, dtype=int)]
+    frames = haystack.frames_at(times.tolist())
+    start = insertion_point(length, depth_percent)
+    for k, t in enumerate(times):
+        if start <= t < start + needle.duration:
+            frames[k] = needle.overlay(frames[k], t - start)
+    return frames
+
+
+# -- the judge ------------------------------------------------------------------------------------------------------
+
+JUDGE_CRITERIA = """Score 1: The answer is completely unrelated to the reference.
+Score 3: The answer has minor relevance but does not align with the reference.
+Score 5: The answer has moderate relevance but contains inaccuracies.
+Score 7: The answer aligns with the reference but has minor omissions.
+Score 10: The answer is completely accurate and aligns perfectly with the reference.
+Only respond with a numberical score"""
+
+
+def judge_prompt(question: str, answer: str, reference: str) -> str:
+    """The original's rubric in LangChain's `labeled_score_string` form (the reply ends with `[[rating]]`)."""
+    return ("[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an "
+            "AI assistant to the user question displayed below. For this evaluation, you should primarily consider "
+            f"the following criteria:\naccuracy:{JUDGE_CRITERIA}\n[Ground truth]\n{reference}\nBegin your evaluation "
+            "by providing a short explanation. Be as objective as possible. After providing your explanation, you must "
+            'rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", for example: '
+            f'"Rating: [[5]]".\n\n[Question]\n{question}\n\n[The Start of Assistant\'s Answer]\n{answer}\n'
+            "[The End of Assistant's Answer]")  # fmt: skip
+
+
+def parse_rating(reply: str) -> float | None:
+    """The `[[n]]` rating of a judge's reply (1-10), or None when it has none (reported as unparseable)."""
+    match = re.search(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]", reply or "")
+    if not match:
+        return None
+    value = float(match.group(1))
+    return value if 1 <= value <= 10 else None
+
+
+def judge(question: str, answer: str, reference: str, base_url: str, model: str, api_key: str | None = None,
+          timeout: float = 60.0) -> dict:  # fmt: skip
+    """Ask an OpenAI-compatible chat-completions endpoint for the 1-10 score. Returns `{"score", "reply"}`; the
+    score is None when the reply holds no `[[rating]]`."""
+    body = {"model": model, "temperature": 0,
+            "messages": [{"role": "user", "content": judge_prompt(question, answer, reference)}]}  # fmt: skip
+    request = urllib.request.Request(
+        base_url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        reply = json.loads(response.read())["choices"][0]["message"]["content"]
+    return {"score": parse_rating(reply), "reply": reply}
+
+
+__all__ = ["Haystack", "Needle", "compose", "composed_times", "depth_grid", "insertion_point", "judge",
+           "judge_prompt", "length_grid", "parse_rating", "text_font_size"]  # fmt: skip
