@@ -134,3 +134,60 @@ def test_judge_client_parses_ratings_from_a_local_stub_server():
     assert body["temperature"] == 0 and DEFAULT_NEEDLE_DESCRIPTION in body["messages"][0]["content"]
     assert "[[rating]]" in body["messages"][0]["content"]
     assert parse_rating("Rating: [[ 10 ]]") == 10.0 and parse_rating("[[0]]") is None and parse_rating("") is None
+
+
+def test_a_three_by_three_grid_runs_resumes_and_draws_a_heatmap(haystack, tmp_path):
+    from PIL import Image
+    from transformers import pipeline
+
+    import videollamb_hf  # noqa: F401
+    from videollamb_hf.evaluation.niavh import heatmap, multiple_choice, run_grid, sample_indices
+    from videollamb_hf.testing_utils import save_tiny_repo
+
+    pipe = pipeline("video-text-to-text", model=save_tiny_repo(tmp_path / "model"))
+    needle = Needle("image", str(VIDEOS / "readingsky.png"))
+    lengths, depths = [4, 8, 12], [0, 50, 100]
+    out = tmp_path / "cells.jsonl"
+    run_grid(pipe, haystack, needle, lengths, depths, out, max_new_tokens=3, progress=False)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["length"], r["depth"]) for r in records] == [(l, float(d)) for l in lengths for d in depths]  # noqa: E741
+    for r in records:
+        assert r["frames"] == len(sample_indices(r["length"], pipe.processor.video_processor)) == 16
+        assert r["insertion_s"] == insertion_point(r["length"], r["depth"])
+        assert r["score"] in (0.0, 1.0) and r["gold"] in "ABCD" and DEFAULT_NEEDLE_DESCRIPTION in r["options"]
+        assert r["score"] == float(r["letter"] == r["gold"])
+    # Seeded option order: the same cell gets the same order.
+    assert multiple_choice(DEFAULT_NEEDLE_DESCRIPTION, 5) == multiple_choice(DEFAULT_NEEDLE_DESCRIPTION, 5)
+    # Interrupted after 4 cells (the 5th cut mid-line): resuming redoes only what is missing.
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:4]) + "\n" + lines[4][:30])
+    run_grid(pipe, haystack, needle, lengths, depths, out, resume=True, max_new_tokens=3, progress=False)
+    resumed = [json.loads(line) for line in out.read_text().splitlines()]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(resumed) == strip(records)
+    summary = heatmap(resumed, tmp_path / "heatmap.png", tmp_path / "heatmap.pdf")
+    assert summary["cells"] == 9 and summary["mean"] == pytest.approx(np.mean([r["score"] for r in records]))
+    image = np.asarray(Image.open(tmp_path / "heatmap.png").convert("RGB"))
+    assert image.shape[0] >= 300 and image.shape[1] >= 500
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # not blank
+    assert (tmp_path / "heatmap.pdf").stat().st_size > 1000
+    with pytest.raises(ValueError, match="text needles only"):
+        run_grid(pipe, haystack, needle, [4], [0], tmp_path / "x.jsonl", scoring="recall")
+
+
+def test_text_needles_score_by_exact_recall(haystack, tmp_path):
+    from transformers import pipeline
+
+    import videollamb_hf  # noqa: F401
+    from videollamb_hf.evaluation.niavh import run_grid
+    from videollamb_hf.testing_utils import save_tiny_repo
+
+    pipe = pipeline("video-text-to-text", model=save_tiny_repo(tmp_path / "model"))
+    needle = Needle("text", "the secret word is pepper")
+    out = run_grid(pipe, haystack, needle, [4, 8], [50], tmp_path / "text.jsonl", scoring="recall",
+                   question="What is the secret word?", max_new_tokens=3, progress=False)  # fmt: skip
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert r["score"] == float("the secret word is pepper" in r["answer"].lower())
+        assert r["question"] == "What is the secret word?" and r["modality"] == "text"

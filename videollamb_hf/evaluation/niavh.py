@@ -223,5 +223,152 @@ def judge(question: str, answer: str, reference: str, base_url: str, model: str,
     return {"score": parse_rating(reply), "reply": reply}
 
 
+# -- runner ---------------------------------------------------------------------------------------------------
+
+DISTRACTORS = ["a dog is running along a beach", "a woman is playing the piano on a stage",
+               "two children are riding bicycles in a park"]  # fmt: skip
+
+
+def sample_indices(length: float, video_processor) -> np.ndarray:
+    """Indices into the composed 5 fps stream of the frames the model's processor samples (its fps rule when it
+    has an `fps`, else its frame count), as it would from the composed file."""
+    from ..video_processing_videollamb import frames_for_fps, round_up_to_group, uniform_indices
+
+    total = len(composed_times(length))
+    group = getattr(video_processor, "temporal_group_size", 1)
+    if getattr(video_processor, "fps", None):
+        count = frames_for_fps(total / COMPOSE_FPS, video_processor.fps, video_processor.max_frames, group)
+    else:
+        count = round_up_to_group(video_processor.num_frames, group)
+    return uniform_indices(0, total, count)
+
+
+def multiple_choice(description: str, seed: int, distractors=DISTRACTORS) -> tuple[list[str], int]:
+    """The needle's description and three distractors in a seeded order; returns (options, index of the needle)."""
+    rng = np.random.default_rng(seed)
+    options = [description, *distractors[:3]]
+    order = rng.permutation(len(options)).tolist()
+    return [options[i] for i in order], order.index(0)
+
+
+def run_grid(pipe, haystack: Haystack, needle: Needle, lengths, depths, output, scoring: str = "multiple_choice",
+             question: str = DEFAULT_QUESTION, seed: int = 0, resume: bool = False, max_new_tokens: int = 16,
+             judge_kwargs: dict | None = None, progress: bool = True):  # fmt: skip
+    """One JSONL record per (length, depth) cell: length, depth, modality, question, answer, score, seconds, frames.
+    `scoring`: "multiple_choice" (the needle among 3 distractors, order seeded per cell; score 1/0 by the letter),
+    "recall" (text needles: 1 if the needle string is in the answer) or "judge" (`judge(**judge_kwargs)`, 1-10)."""
+    import time
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .benchmarks import LETTERS, Question, build_prompt, extract_answer
+
+    if scoring == "recall" and needle.modality != "text":
+        raise ValueError("Exact-string recall scores text needles only; use multiple_choice or judge.")
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if resume and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a record cut by an interruption: redone
+            done.add((record["length"], record["depth"]))
+        kept = [line for line in path.read_text().splitlines() if _whole(line)]
+        path.write_text("".join(line + "\n" for line in kept))
+    elif path.exists():
+        path.unlink()
+    cells = [(int(length), float(depth)) for length in lengths for depth in depths]
+    with open(path, "a", encoding="utf-8") as file:
+        for length, depth in tqdm(cells, desc="cells", disable=not progress):
+            if (length, depth) in done:
+                continue
+            started = time.perf_counter()
+            indices = sample_indices(length, pipe.processor.video_processor)
+            frames = compose(haystack, needle, length, depth, indices=indices)
+            record = {"length": length, "depth": depth, "modality": needle.modality, "frames": len(frames),
+                      "insertion_s": insertion_point(length, depth)}  # fmt: skip
+            text = question
+            if scoring == "multiple_choice":
+                options, answer = multiple_choice(
+                    needle.description, seed=seed * 1_000_003 + length * 1009 + int(depth * 1000)
+                )
+                text = build_prompt(Question("", "", question, options, answer))
+                record.update(options=options, gold=LETTERS[answer])
+            result = pipe(frames, text, max_new_tokens=max_new_tokens, return_full_text=False,
+                          processor_kwargs={"num_frames": len(frames)})  # fmt: skip
+            output_text = result[0]["generated_text"]
+            record.update(question=text, answer=output_text)
+            if scoring == "multiple_choice":
+                letter, rule = extract_answer(output_text, options)
+                record.update(letter=letter, rule=rule, score=float(letter == record["gold"]))
+            elif scoring == "recall":
+                record["score"] = float(needle.content.lower() in output_text.lower())
+            else:
+                verdict = judge(question, output_text, needle.description, **(judge_kwargs or {}))
+                record.update(score=verdict["score"], judge_reply=verdict["reply"])
+            record["seconds"] = round(time.perf_counter() - started, 4)
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+    return path
+
+
+def _whole(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+def heatmap(records: list[dict], png, pdf=None, title: str = "Needle in a Video Haystack") -> dict:
+    """The depth (y) x length (x) grid of mean scores, in the original's colour map; returns the summary
+    (mean overall and per modality)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap
+
+    lengths = sorted({r["length"] for r in records})
+    depths = sorted({r["depth"] for r in records})
+    grid = np.full((len(depths), len(lengths)), np.nan)
+    for i, depth in enumerate(depths):
+        for j, length in enumerate(lengths):
+            scores = [
+                r["score"] for r in records if r["length"] == length and r["depth"] == depth and r["score"] is not None
+            ]
+            if scores:
+                grid[i, j] = float(np.mean(scores))
+    colours = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
+    figure, axis = plt.subplots(figsize=(max(6, len(lengths) * 0.5), max(4, len(depths) * 0.4)))
+    image = axis.imshow(grid, cmap=colours, aspect="auto", origin="upper")
+    axis.set_xticks(range(len(lengths)), [str(v) for v in lengths], rotation=45)
+    axis.set_yticks(range(len(depths)), [f"{v:g}" for v in depths])
+    axis.set_xlabel("Haystack length (s)")
+    axis.set_ylabel("Needle depth (%)")
+    scored = [r["score"] for r in records if r["score"] is not None]
+    mean = float(np.mean(scored)) if scored else float("nan")
+    axis.set_title(f"{title} (mean {mean:.2f})")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    figure.savefig(png, dpi=100)
+    if pdf is not None:
+        figure.savefig(pdf)
+    plt.close(figure)
+    per_modality = {}
+    for r in records:
+        if r["score"] is not None:
+            per_modality.setdefault(r["modality"], []).append(r["score"])
+    return {
+        "mean": mean,
+        "per_modality": {k: float(np.mean(v)) for k, v in per_modality.items()},
+        "cells": len(records),
+    }
+
+
 __all__ = ["Haystack", "Needle", "compose", "composed_times", "depth_grid", "insertion_point", "judge",
-           "judge_prompt", "length_grid", "parse_rating", "text_font_size"]  # fmt: skip
+           "judge_prompt", "length_grid", "parse_rating", "text_font_size", "run_grid", "heatmap", "multiple_choice",
+           "sample_indices"]  # fmt: skip
