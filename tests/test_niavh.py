@@ -191,3 +191,29 @@ def test_text_needles_score_by_exact_recall(haystack, tmp_path):
     for r in records:
         assert r["score"] == float("the secret word is pepper" in r["answer"].lower())
         assert r["question"] == "What is the secret word?" and r["modality"] == "text"
+
+
+def test_the_command_line_writes_cells_heatmap_and_summary(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from videollamb_hf.testing_utils import save_tiny_repo
+
+    repo = save_tiny_repo(tmp_path / "model")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "videollamb_hf", "niavh", "--model", repo, "--haystack",
+               str(VIDEOS / "sample_demo_1.mp4"), "--needle", str(VIDEOS / "readingsky.png"), "--lengths", "4 8",
+               "--depths", "0,100,3", "--output-dir", str(out), "--quiet", "--max-new-tokens", "2"]  # fmt: skip
+    run = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+    assert sorted({(c["length"], c["depth"]) for c in cells}) == [(l, d) for l in (4, 8) for d in (0.0, 50.0, 100.0)]  # noqa: E741
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cells"] == 6 and summary["mean"] == pytest.approx(np.mean([c["score"] for c in cells]))
+    assert (out / "heatmap.png").exists() and "mean score" in (out / "summary.md").read_text()
+    bad = subprocess.run(command[:-7] + ["--scoring", "judge", "--output-dir", str(tmp_path / "j")],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert bad.returncode == 2 and "--judge-url" in bad.stderr

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)  # fmt: skip
     commands.add_parser("eval", help="multiple-choice benchmarks (EgoSchema, NExT-QA, MVBench, EgoPlan, Video-MME)",
                         add_help=False)  # fmt: skip
+    commands.add_parser("niavh", help="Needle in a Video Haystack over a length x depth grid", add_help=False)
     tiny = commands.add_parser("make-tiny", help="write a tiny random VideoLLaMB folder (offline tries)")
     tiny.add_argument("directory")
     tiny.add_argument("--original-layout", action="store_true", help="in the authors' LLaVA layout instead")
@@ -348,6 +349,10 @@ def main(argv=None) -> int:
         from . import sft
 
         return sft.main(argv[1:])
+    if argv[:1] == ["niavh"]:
+        from .evaluation.niavh import main as niavh_main
+
+        return niavh_main(argv[1:])
     if argv[:1] == ["eval"]:
         from .evaluation.benchmarks import main as evaluation_main
 

@@ -369,6 +369,89 @@ def heatmap(records: list[dict], png, pdf=None, title: str = "Needle in a Video 
     }
 
 
+def _grid(text: str | None, default: list) -> list:
+    """`"a,b,n"` (a linspace of n values, rounded) or `"x y z"` / `"x;y;z"` (explicit values)."""
+    if not text:
+        return default
+    parts = [p for p in re.split(r"[\s;]+", text.strip()) if p]
+    if len(parts) == 1 and parts[0].count(",") == 2:
+        low, high, num = (float(v) for v in parts[0].split(","))
+        return np.round(np.linspace(low, high, int(num))).astype(int).tolist()
+    return [float(p) for part in parts for p in part.split(",") if p]
+
+
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="videollamb-hf niavh", description="Needle in a Video Haystack (MM-NIAVH).")
+    parser.add_argument(
+        "--model", default="ColorfulAI/VideoLLaMB", help="any model the video-text-to-text pipeline runs"
+    )
+    parser.add_argument("--haystack", nargs="+", required=True, help="videos, concatenated and repeated")
+    parser.add_argument("--needle-modality", choices=["text", "image", "video"], default="image")
+    parser.add_argument("--needle", required=True, help="the text, or an image / video file")
+    parser.add_argument("--needle-description", default=DEFAULT_NEEDLE_DESCRIPTION)
+    parser.add_argument("--question", default=DEFAULT_QUESTION)
+    parser.add_argument(
+        "--lengths", default=None, help='"1,320,40" (the default: a rounded linspace) or explicit "60 120"'
+    )
+    parser.add_argument("--depths", default=None, help='"0,100,12" (default) or explicit "0 50 100"')
+    parser.add_argument("--depth-spacing", choices=["linear", "sigmoid"], default="linear")
+    parser.add_argument("--scoring", choices=["multiple_choice", "recall", "judge"], default="multiple_choice")
+    parser.add_argument("--judge-url", help="an OpenAI-compatible endpoint (key in $NIAVH_JUDGE_API_KEY)")
+    parser.add_argument("--judge-model", default="gpt-3.5-turbo")
+    parser.add_argument("--output-dir", default="niavh")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    import os
+    import sys
+    from pathlib import Path
+
+    from transformers import pipeline
+
+    import videollamb_hf  # noqa: F401
+
+    args = build_parser().parse_args(argv)
+    if args.scoring == "judge" and not args.judge_url:
+        print("videollamb-hf niavh: error: --scoring judge needs --judge-url (an OpenAI-compatible endpoint).",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    lengths = _grid(args.lengths, length_grid())
+    default_depths = depth_grid(spacing=args.depth_spacing)
+    depths = _grid(args.depths, default_depths) if args.depths else default_depths
+    try:
+        pipe = pipeline("video-text-to-text", model=args.model)
+        haystack = Haystack(args.haystack)
+    except (OSError, ValueError) as error:
+        print(f"videollamb-hf niavh: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    needle = Needle(args.needle_modality, args.needle, args.needle_description)
+    output = Path(args.output_dir)
+    judge_kwargs = {"base_url": args.judge_url, "model": args.judge_model,
+                    "api_key": os.environ.get("NIAVH_JUDGE_API_KEY")} if args.scoring == "judge" else None  # fmt: skip
+    path = run_grid(pipe, haystack, needle, lengths, depths, output / "cells.jsonl", scoring=args.scoring,
+                    question=args.question, seed=args.seed, resume=args.resume, max_new_tokens=args.max_new_tokens,
+                    judge_kwargs=judge_kwargs, progress=not args.quiet)  # fmt: skip
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    summary = heatmap(records, output / "heatmap.png", output / "heatmap.pdf")
+    summary["settings"] = {k: v for k, v in vars(args).items() if k != "quiet"}
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    (output / "summary.md").write_text(
+        f"# Needle in a Video Haystack\n\n{len(records)} cells ({len(lengths)} lengths x {len(depths)} depths), "
+        f"{args.needle_modality} needle, scoring {args.scoring}: mean score **{summary['mean']:.3f}**.\n\n"
+        + "".join(f"- {k}: {v:.3f}\n" for k, v in summary["per_modality"].items())
+        + "\n![heatmap](heatmap.png)\n"
+    )
+    print(json.dumps({k: summary[k] for k in ("mean", "per_modality", "cells")}))
+    return 0
+
+
 __all__ = ["Haystack", "Needle", "compose", "composed_times", "depth_grid", "insertion_point", "judge",
            "judge_prompt", "length_grid", "parse_rating", "text_font_size", "run_grid", "heatmap", "multiple_choice",
            "sample_indices"]  # fmt: skip
