@@ -5,13 +5,12 @@ frame sampling on the real clips (decord replaced by the frames our decoder give
 
 import os
 import sys
-import types
 
 
 WORK = os.environ.get("PARITY_WORK", "/tmp/videollamb_parity")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import stubs  # noqa: F401  (torchvision, decord, ... are needed by their processors only)
+import stubs  # torchvision, decord, ... are needed by their processors only: stubbed
 
 
 # a checkout of bigai-nlco/MM-NIAVH: `needlehaystack.baselines.llava` from its root, and its top-level
@@ -26,32 +25,11 @@ os.chdir(data["root"])
 import needlehaystack.baselines.llava.model.multimodal_projector.rmt_r_transformer_projector as rmt
 
 
-_init_tp, _init_rp = rmt.TransformerProjector.__init__, rmt.RMTRTransformerProjector.__init__
-
-
-def tp_init(self, config, depth):  # tiny sizes for the hard-coded numbers: 4 memory tokens, 3x3 pool
-    _init_tp(self, config, depth)
-    self.num_memory_tokens = 4
-    self.read_memory_emb = torch.nn.Parameter(torch.zeros(4, config.mm_hidden_size))
-    self.memory_tokens = torch.nn.Parameter(torch.randn(4, config.mm_hidden_size))
-
-
-def rp_init(self, config, depth):
-    _init_rp(self, config, depth)
-    self.h = self.w = 3
-    self.pooler = torch.nn.AdaptiveAvgPool2d((3, 3))
-
-
-rmt.TransformerProjector.__init__, rmt.RMTRTransformerProjector.__init__ = tp_init, rp_init
+stubs.patch_tiny_bridge(rmt, num_memory_tokens=4, grid=3)
 import needlehaystack.baselines.llava.model.builder as builder
 
 
-class _Float32Torch(types.ModuleType):
-    def __getattr__(self, name):
-        return torch.float32 if name == "float16" else getattr(torch, name)
-
-
-builder.torch = _Float32Torch("torch")
+stubs.load_in_float32(builder)
 tokenizer, model, processors, _ = builder.load_pretrained_model(
     data["repo"], None, "videollamb-mem-llava-1.5-7b", device="cpu", device_map="cpu"
 )

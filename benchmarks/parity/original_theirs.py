@@ -4,12 +4,11 @@ tiny original-layout repo; their towers are reloaded from the ./checkpoints/Lang
 
 import os
 import sys
-import types
 
 
 WORK = os.environ.get("PARITY_WORK", "/tmp/videollamb_parity")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import stubs  # noqa: F401  (torchvision, decord, ... are needed by their processors only)
+import stubs  # torchvision, decord, ... are needed by their processors only: stubbed
 
 
 sys.path.insert(0, os.environ["VIDEOLLAMB_CODE"])  # a checkout of bigai-nlco/VideoLLaMB
@@ -21,33 +20,11 @@ os.chdir(data["root"])  # their config names ./checkpoints/LanguageBind_*: run f
 import llava.model.multimodal_projector.rmt_r_transformer_projector as rmt
 
 
-# Their bridge hard-codes 32 memory tokens and a 12x12 pool; the tiny checkpoint has 4 and 2x2.
-_init_tp, _init_rp = rmt.TransformerProjector.__init__, rmt.RMTRTransformerProjector.__init__
-
-
-def tp_init(self, config, depth):
-    _init_tp(self, config, depth)
-    self.num_memory_tokens = 4
-    self.read_memory_emb = torch.nn.Parameter(torch.zeros(4, config.mm_hidden_size))
-    self.memory_tokens = torch.nn.Parameter(torch.randn(4, config.mm_hidden_size))
-
-
-def rp_init(self, config, depth):
-    _init_rp(self, config, depth)
-    self.h = self.w = 2
-    self.pooler = torch.nn.AdaptiveAvgPool2d((2, 2))
-
-
-rmt.TransformerProjector.__init__, rmt.RMTRTransformerProjector.__init__ = tp_init, rp_init
+stubs.patch_tiny_bridge(rmt, num_memory_tokens=4, grid=2)
 import llava.model.builder as builder
 
 
-class _Float32Torch(types.ModuleType):  # their loader casts to float16; compare in float32
-    def __getattr__(self, name):
-        return torch.float32 if name == "float16" else getattr(torch, name)
-
-
-builder.torch = _Float32Torch("torch")
+stubs.load_in_float32(builder)
 tokenizer, model, processors, _ = builder.load_pretrained_model(
     data["repo"], None, "videollamb-llava-1.5-7b", device="cpu", device_map="cpu"
 )
