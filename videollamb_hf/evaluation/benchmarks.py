@@ -192,28 +192,8 @@ def prepare_inputs(processor, question: Question, video, settings: dict) -> dict
 
 
 def run_model(model, processor, question: Question, inputs: dict, settings: dict) -> dict:
-    """The model's output (or its letter likelihoods) for prepared inputs, and the extracted letter."""
-    import torch
-
-    inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
-    record = {"prompt": build_prompt(question), "frames": int(inputs["pixel_values_videos"].shape[1])}
-    with torch.no_grad():
-        if settings["mode"] == "likelihood":
-            logits = model(**inputs).logits[0, -1].float().log_softmax(-1)
-            ids = _letter_ids(processor.tokenizer)[: len(question.options)]
-            scores = [float(logits[i]) for i in ids]
-            letter = LETTERS[max(range(len(scores)), key=scores.__getitem__)]
-            record.update(output=None, letter=letter, rule="likelihood", scores=scores)
-            return record
-        generation = {"max_new_tokens": settings["max_new_tokens"], "do_sample": False}
-        if settings["original_protocol"]:
-            torch.manual_seed(settings["seed"])
-            generation.update(do_sample=True, temperature=0.2)
-        out = model.generate(**inputs, **generation)
-    output = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    letter, rule = extract_answer(output, question.options)
-    record.update(output=output, letter=letter, rule=rule, original_letter=original_extraction(output))
-    return record
+    """The model's output (or its letter likelihoods) for one prepared question, and the extracted letter."""
+    return run_model_batch(model, processor, [question], [inputs], settings)[0]
 
 
 def collate(prepared: list[dict], pad_token_id: int) -> dict:
@@ -242,11 +222,10 @@ def collate(prepared: list[dict], pad_token_id: int) -> dict:
 
 
 def run_model_batch(model, processor, questions: list[Question], prepared: list[dict], settings: dict) -> list[dict]:
-    """`run_model` over several questions at once (greedy / likelihood results equal one at a time)."""
+    """The model's outputs (or letter likelihoods) for prepared questions, answered together (prompts left-padded:
+    greedy and likelihood results equal one at a time), and the extracted letters."""
     import torch
 
-    if len(prepared) == 1:
-        return [run_model(model, processor, questions[0], prepared[0], settings)]
     batch = {k: v.to(model.device) for k, v in collate(prepared, processor.tokenizer.pad_token_id).items()}
     records = [{"prompt": build_prompt(q), "frames": int(p["pixel_values_videos"].shape[1])}
                for q, p in zip(questions, prepared)]  # fmt: skip
