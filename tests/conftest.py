@@ -113,3 +113,27 @@ def tiny_processor(tmp_path_factory):
     from videollamb_hf.testing_utils import get_tiny_processor
 
     return get_tiny_processor(tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+def run_launched(command, timeout=600, **kwargs):
+    """`subprocess.run(command, capture_output=True, text=True)` for multi-process launches, diagnosable when they
+    hang: on timeout every process of the launch gets SIGABRT (with PYTHONFAULTHANDLER=1 each dumps its Python
+    stacks into the captured stderr) and the test fails with that output instead of a bare TimeoutExpired."""
+    import signal
+    import subprocess
+
+    env = dict(kwargs.pop("env", None) or os.environ, PYTHONFAULTHANDLER="1")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True, **kwargs)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+        pytest.fail(f"{command[:6]}... did not finish in {timeout} s; stacks at the time:\n{stderr[-12000:]}\n"
+                    f"stdout tail:\n{stdout[-2000:]}")  # fmt: skip
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, VIDEOS
+from conftest import SHARED, VIDEOS, run_launched
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from videollamb_hf.evaluation import build_prompt, evaluate, extract_answer, load_questions, original_extraction
@@ -202,10 +202,9 @@ def test_two_processes_give_the_same_results_as_one(repo, tmp_path):
     one = subprocess.run([sys.executable, "-m", "videollamb_hf.evaluation", *common, "--output-dir", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                          str(ROOT / "examples" / "accelerate" / "cpu_ddp_2proc.yaml"), "-m", "videollamb_hf.evaluation",
-                          *common, "--output-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    two = run_launched([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                        str(ROOT / "examples" / "accelerate" / "cpu_ddp_2proc.yaml"), "-m", "videollamb_hf.evaluation",
+                        *common, "--output-dir", str(tmp_path / "two")], env=env, timeout=600)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     assert (tmp_path / "two" / "predictions.rank1.jsonl").exists()
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731

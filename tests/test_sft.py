@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VIDEOS
+from conftest import VIDEOS, run_launched
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from videollamb_hf import sft
@@ -177,9 +177,7 @@ def test_two_process_ddp_launch_runs(repo, data, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ROOT / "examples" / "accelerate" / "cpu_ddp_2proc.yaml"), "-m", "videollamb_hf.sft",
                *_args(repo, data, out, steps=2)]  # fmt: skip
-    run = subprocess.run(
-        command, capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1")
-    )
+    run = run_launched(command, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "'epoch': '0.5'" in run.stdout + run.stderr  # 3 rows over 2 processes: half an epoch per step
     assert (out / "model.safetensors").exists()
@@ -348,3 +346,19 @@ def test_bridge_only_training_leaves_the_language_model_untouched(repo, data, tm
     frozen = [k for k in original if "language_model." in k or k.startswith("lm_head") or "_tower." in k]
     assert frozen and all(torch.equal(trained[k], original[k]) for k in frozen)
     assert not all(torch.equal(trained[k], original[k]) for k in original if "memory_bridge." in k)
+
+
+def test_trainer_end_waits_for_every_process_before_destroying_the_group():
+    calls = []
+
+    class Accelerator:
+        def wait_for_everyone(self):
+            calls.append("barrier")
+
+        def end_training(self):
+            calls.append("destroy")
+
+    trainer = object.__new__(sft._trainer_class())  # only `end` is exercised: no model needed
+    trainer.accelerator = Accelerator()
+    trainer.end()
+    assert calls == ["barrier", "destroy"]

@@ -38,10 +38,11 @@ class BadRecordsError(ValueError):
     """Too many records had missing or unreadable media."""
 
 
-def _recurrent_trainer_class():
+def _trainer_class():
     """`VideoLlambSFTTrainer`: TRL's `SFTTrainer` whose loss is the model's recurrent loss when
     `config.recurrent_loss` is set (TRL's own path trains through the backbone and its fused LM head, which would
-    skip it; the backbone refuses that path in training)."""
+    skip it; the backbone refuses that path in training), and whose `end()` waits for every process before the
+    process group is destroyed."""
     from trl import SFTTrainer
 
     class VideoLlambSFTTrainer(SFTTrainer):
@@ -60,6 +61,14 @@ def _recurrent_trainer_class():
             )
             loss = base.recurrent_loss(**{k: inputs[k] for k in keys if inputs.get(k) is not None})
             return (loss, None) if return_outputs else loss
+
+        def end(self):
+            # TRL's script calls `trainer.end()` right after `save_model`, which only the main process does: without
+            # this barrier the other ranks tear the group down while rank 0 is still writing, a known race in which
+            # `destroy_process_group` can hang (pytorch/pytorch#75097); seen once here as a 2-process gloo run that
+            # printed "Model saved" and never exited.
+            self.accelerator.wait_for_everyone()
+            super().end()
 
     return VideoLlambSFTTrainer
 
@@ -279,8 +288,8 @@ def main(argv=None) -> int:
     import trl
 
     original_trainer = trl.SFTTrainer
-    if recurrent:  # TRL's script builds `trl.SFTTrainer`: hand it ours for this run
-        trl.SFTTrainer = _recurrent_trainer_class()
+    trl.SFTTrainer = _trainer_class()  # TRL's script builds `trl.SFTTrainer`: hand it ours for this run
+    if recurrent:
         logger.warning("Recurrent loss: the prompt runs once per segment (VideoLlambSFTTrainer).")
     try:
         trl_sft.main(script_args, training_args, model_args, dataset_args)

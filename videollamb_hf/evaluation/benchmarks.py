@@ -527,15 +527,19 @@ def main(argv=None) -> int:
              num_workers=args.num_workers if args.num_workers is not None else (2 if torch.cuda.is_available() else 0),
              batch_size=args.batch_size)  # fmt: skip
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return 0
     try:
-        report = merge_and_report(
-            args.benchmark, questions, output_dir, state.num_processes, args.max_missing_fraction
-        )
-    except RuntimeError as error:
-        print(f"videollamb-hf eval: error: {error}", file=sys.stderr)
-        return 1
+        if not state.is_main_process:
+            return 0
+        try:
+            report = merge_and_report(
+                args.benchmark, questions, output_dir, state.num_processes, args.max_missing_fraction
+            )
+        except RuntimeError as error:
+            print(f"videollamb-hf eval: error: {error}", file=sys.stderr)
+            return 1
+    finally:  # every rank leaves together and tears the group down (a rank that exits early can hang gloo's)
+        state.wait_for_everyone()
+        state.destroy_process_group()
     print(json.dumps({k: report[k] for k in ("benchmark", "total", "answered", "missing", "unparseable", "accuracy")}))
     return 0
 
