@@ -1,24 +1,29 @@
-"""Needle in a Video Haystack, the protocol's pieces: grids, insertion points, overlays at exactly the expected
-times, the haystack, the judge's `[[rating]]` parsing against a local stub server."""
+"""Needle in a Video Haystack: grids, insertion points, overlays at exactly the expected times, the haystack, the
+file cache (the same frames as in memory), the runner (scoring modes, resume, two processes), the heatmap, the
+judge's `[[rating]]` parsing against a local stub server."""
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VIDEOS
+from conftest import VIDEOS, run_launched
 
 from videollamb_hf.evaluation.niavh import (
     DEFAULT_NEEDLE_DESCRIPTION,
     Haystack,
     Needle,
     compose,
+    compose_to_file,
     composed_times,
+    composition_key,
     depth_grid,
     insertion_point,
     judge,
     parse_rating,
+    sample_indices,
     text_font_size,
 )
 
@@ -214,6 +219,90 @@ def test_the_command_line_writes_cells_heatmap_and_summary(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cells"] == 6 and summary["mean"] == pytest.approx(np.mean([c["score"] for c in cells]))
     assert (out / "heatmap.png").exists() and "mean score" in (out / "summary.md").read_text()
+    # Data-parallel: two processes share the cells and give the same records, merged in grid order.
+    root = Path(__file__).resolve().parents[1]
+    two = run_launched([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                        str(root / "examples" / "accelerate" / "cpu_ddp_2proc.yaml"), "-m",
+                        "videollamb_hf.evaluation.niavh", *command[4:-5], "--output-dir", str(tmp_path / "two"),
+                        "--quiet", "--max-new-tokens", "2"], env=dict(os.environ, HF_HUB_OFFLINE="1"))  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    merged = [json.loads(line) for line in (tmp_path / "two" / "cells.jsonl").read_text().splitlines()]
+    assert strip(merged) == strip(cells)
+    shards = [len((tmp_path / "two" / f"cells.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
+    assert shards == [3, 3]
     bad = subprocess.run(command[:-7] + ["--scoring", "judge", "--output-dir", str(tmp_path / "j")],
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert bad.returncode == 2 and "--judge-url" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tmp_path_factory):
+    from transformers import pipeline
+
+    import videollamb_hf  # noqa: F401
+    from videollamb_hf.testing_utils import save_tiny_repo
+
+    return pipeline("video-text-to-text", model=save_tiny_repo(tmp_path_factory.mktemp("niavh-model")))
+
+
+def test_the_file_cache_holds_exactly_the_composed_frames(haystack, tiny_pipe, tmp_path):
+    import os
+
+    from videollamb_hf.video_decoding import VideoReader
+
+    video_processor = tiny_pipe.processor.video_processor
+    for needle, length, depth in [(Needle("image", str(VIDEOS / "readingsky.png")), 12, 50),
+                                  (Needle("text", "the secret word is pepper"), 9, 100)]:  # fmt: skip
+        path = compose_to_file(haystack, needle, length, depth, tmp_path / "cache", chunk_frames=7)
+        with VideoReader(path) as reader:
+            assert reader.index.num_frames == len(composed_times(length)) and reader.index.fps == pytest.approx(5)
+            decoded = reader.get_frames(list(range(reader.index.num_frames)))
+        assert np.array_equal(decoded, compose(haystack, needle, length, depth))  # lossless, every frame
+        # What the processor samples from the file (1 fps) is what the in-memory route composes.
+        indices = sample_indices(length, video_processor, fps=1)
+        from_file = video_processor(videos=[str(path)], fps=1, max_frames=512, return_metadata=True,
+                                    return_tensors="pt")  # fmt: skip
+        assert from_file["video_metadata"][0].frames_indices == indices.tolist()
+        in_memory = video_processor(videos=[compose(haystack, needle, length, depth, indices=indices)],
+                                    num_frames=len(indices), return_tensors="pt")  # fmt: skip
+        assert torch_equal(from_file["pixel_values_videos"], in_memory["pixel_values_videos"])
+        # Written once: a second call returns the same file untouched; the key follows every input.
+        stamp = os.stat(path).st_mtime_ns
+        assert compose_to_file(haystack, needle, length, depth, tmp_path / "cache") == path
+        assert os.stat(path).st_mtime_ns == stamp
+        assert composition_key(haystack, needle, length, depth) != composition_key(haystack, needle, length, 0)
+        assert composition_key(haystack, needle, length, depth) != composition_key(
+            haystack, Needle(needle.modality, needle.content + "!") if needle.modality == "text" else
+            Needle("video", str(VIDEOS / "readingsky.mp4")), length, depth)  # fmt: skip
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".mkv", ".mkv"]  # no partial files left
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+def test_file_and_memory_routes_and_likelihood_scoring_agree(haystack, tiny_pipe, tmp_path):
+    from videollamb_hf.evaluation.niavh import run_grid
+
+    needle = Needle("image", str(VIDEOS / "readingsky.png"))
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    runs = {}
+    for scoring in ("multiple_choice", "likelihood"):
+        for via in ("memory", "file"):
+            out = run_grid(tiny_pipe, haystack, needle, [9, 17], [50], tmp_path / f"{scoring}-{via}.jsonl",
+                           scoring=scoring, compose_via=via, cache_dir=tmp_path / "cache", fps=1, max_new_tokens=3,
+                           progress=False)  # fmt: skip
+            runs[scoring, via] = [json.loads(line) for line in out.read_text().splitlines()]
+        assert strip(runs[scoring, "file"]) == strip(runs[scoring, "memory"])  # the same frames, the same answers
+    assert [r["frames"] for r in runs["likelihood", "memory"]] == [8, 16]  # 1 fps, the fps rule (multiple of 8)
+    for r in runs["likelihood", "memory"]:
+        scores = r["letter_scores"]
+        assert len(scores) == 4 and all(s <= 0 for s in scores) and r["answer"] is None
+        assert r["letter"] == "ABCD"[int(np.argmax(scores))] and r["score"] == float(r["letter"] == r["gold"])
+    with pytest.raises(ValueError, match="cache_dir"):
+        run_grid(tiny_pipe, haystack, needle, [4], [0], tmp_path / "x.jsonl", compose_via="file")
+    with pytest.raises(ValueError, match="scoring"):
+        run_grid(tiny_pipe, haystack, needle, [4], [0], tmp_path / "x.jsonl", scoring="bleu")

@@ -1,17 +1,25 @@
-"""Needle in a Video Haystack (MM-NIAVH, the paper's benchmark): the pieces that define the protocol.
+"""Needle in a Video Haystack (MM-NIAVH, the paper's benchmark), offline and repeatable.
 
-This first part holds what the original's protocol fixes (bigai-nlco/MM-NIAVH `llm_needle_haystack_tester.py`):
-the length and depth grids, the insertion point, the needles' overlays (text as white subtitles at the bottom with
-the original's font-size rule, an image or a video centred) drawn with PIL + numpy on RGB frames (no moviepy, no
-ImageMagick; the text font is the one Pillow ships), a haystack made of any list of videos concatenated and
-repeated, the in-memory composition of the frames a model samples, and the judge's `[[rating]]` parsing with an
-OpenAI-compatible client. The runner, the offline scoring modes and the heatmap report are not built yet.
+What the original's protocol fixes (bigai-nlco/MM-NIAVH `llm_needle_haystack_tester.py`): the length and depth
+grids, the insertion point, the needles' overlays (text as white subtitles at the bottom with the original's
+font-size rule, an image or a video centred) drawn with PIL + numpy on RGB frames (no moviepy, no ImageMagick; the
+text font is the one Pillow ships), composed at 5 fps over a haystack made of any list of videos concatenated and
+repeated. A cell's composed video is either written once into a cache keyed by a hash of its inputs (lossless
+FFV1, so decoding it gives the composed frames back bit for bit) or, the default, never written: only the frames
+the model's processor would sample from that file are composed, in memory. `run_grid` runs any model of the
+`video-text-to-text` pipeline over the (length, depth) cells (resumable JSONL, sharded over `accelerate launch`
+processes), scored offline by multiple choice (letter or option likelihood) or exact recall, or by an
+OpenAI-compatible judge with the original's rubric; `heatmap` draws the report.
 """
 
+import hashlib
 import json
+import os
 import re
 import urllib.request
 from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -84,6 +92,11 @@ class Needle:
         self._image = None
         self._video = None
 
+    def digest(self) -> str:
+        """sha256 of what defines the needle's pixels (its modality and text, or its file's bytes)."""
+        content = self.content.encode() if self.modality == "text" else _file_digest(self.content).encode()
+        return hashlib.sha256(self.modality.encode() + b"\0" + content).hexdigest()
+
     @property
     def duration(self) -> float:
         if self.modality != "video":
@@ -119,6 +132,14 @@ class Needle:
         return _paste_centred(frame, reader.get_frames([index])[0])
 
 
+def _file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class Haystack:
     """Any list of videos, concatenated and repeated to any length; every frame resized to the first video's size."""
 
@@ -131,6 +152,14 @@ class Haystack:
         self.times = [np.asarray(r.index.timestamps(range(r.index.num_frames))) for r in self.readers]
         self.durations = [max(float(r.index.duration), 1e-6) for r in self.readers]
         self.size = (self.readers[0].index.width, self.readers[0].index.height)
+        self.videos = [str(v) for v in videos]
+        self._digest = None
+
+    def digest(self) -> str:
+        """sha256 over the videos' bytes, in order (computed once)."""
+        if self._digest is None:
+            self._digest = hashlib.sha256("\0".join(_file_digest(v) for v in self.videos).encode()).hexdigest()
+        return self._digest
 
     @property
     def period(self) -> float:
@@ -176,6 +205,46 @@ def compose(haystack: Haystack, needle: Needle, length: float, depth_percent: fl
         if start <= t < start + needle.duration:
             frames[k] = needle.overlay(frames[k], t - start)
     return frames
+
+
+CACHE_FORMAT = 1  # bump when the composition changes, so that older cached files are not reused
+
+
+def composition_key(haystack: Haystack, needle: Needle, length: float, depth_percent: float) -> str:
+    """sha256 of everything a composed video depends on: the haystack's and the needle's bytes, the cell, the
+    composition frame rate and this code's cache format."""
+    fields = {"haystack": haystack.digest(), "needle": needle.digest(), "length": float(length),
+              "depth": float(depth_percent), "fps": COMPOSE_FPS, "format": CACHE_FORMAT}  # fmt: skip
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def compose_to_file(haystack: Haystack, needle: Needle, length: float, depth_percent: float, cache_dir,
+                    chunk_frames: int = 50) -> Path:  # fmt: skip
+    """The cell's whole composed video, written once to `cache_dir` (FFV1 in Matroska at 5 fps: lossless, decoding
+    gives `compose(...)` back exactly) under a name keyed by `composition_key`; later calls return the file.
+    Composed `chunk_frames` at a time, so memory does not grow with the length; written to a temporary name and
+    renamed, so concurrent processes never read a half-written file."""
+    import av
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = composition_key(haystack, needle, length, depth_percent)
+    path = cache_dir / f"niavh-{int(length)}s-{float(depth_percent):g}pct-{key[:16]}.mkv"
+    if path.exists():
+        return path
+    total = len(composed_times(length))
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.mkv")
+    with av.open(str(partial), "w", format="matroska") as container:
+        stream = container.add_stream("ffv1", rate=COMPOSE_FPS)
+        stream.width, stream.height = haystack.size
+        stream.pix_fmt = "bgr0"  # RGB, losslessly (the yuv formats would round the colours)
+        for start in range(0, total, chunk_frames):
+            for frame in compose(haystack, needle, length, depth_percent,
+                                 indices=range(start, min(start + chunk_frames, total))):  # fmt: skip
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    os.replace(partial, path)
+    return path
 
 
 # -- the judge ------------------------------------------------------------------------------------------------------
@@ -229,17 +298,31 @@ DISTRACTORS = ["a dog is running along a beach", "a woman is playing the piano o
                "two children are riding bicycles in a park"]  # fmt: skip
 
 
-def sample_indices(length: float, video_processor) -> np.ndarray:
-    """Indices into the composed 5 fps stream of the frames the model's processor samples (its fps rule when it
-    has an `fps`, else its frame count), as it would from the composed file."""
+def _video_kwargs(video_processor, fps=None, num_frames=None, max_frames=None) -> dict:
+    """The sampling the runner asks of the processor: `num_frames` if given, else `fps` (capped by `max_frames`),
+    else the processor's own settings."""
+    if num_frames is not None:
+        return {"num_frames": int(num_frames)}
+    fps = fps if fps is not None else getattr(video_processor, "fps", None)
+    if fps:
+        return {"fps": float(fps), "max_frames": int(max_frames or getattr(video_processor, "max_frames", 512))}
+    return {"num_frames": int(video_processor.num_frames)}
+
+
+def sample_indices(length: float, video_processor, fps=None, num_frames=None, max_frames=None) -> np.ndarray:
+    """Indices into the composed 5 fps stream of the frames the processor samples from the composed file, with
+    `_video_kwargs`' settings (its fps rule or its frame count), computed as it computes them from that file."""
     from ..video_processing_videollamb import frames_for_fps, round_up_to_group, uniform_indices
 
     total = len(composed_times(length))
     group = getattr(video_processor, "temporal_group_size", 1)
-    if getattr(video_processor, "fps", None):
-        count = frames_for_fps(total / COMPOSE_FPS, video_processor.fps, video_processor.max_frames, group)
+    kwargs = _video_kwargs(video_processor, fps, num_frames, max_frames)
+    if "fps" in kwargs:
+        # As the file's index does: duration from the timestamps (a 1/5 s step), fps = frames / duration.
+        span = float(Fraction(total, COMPOSE_FPS))
+        count = frames_for_fps(total / (total / span), kwargs["fps"], kwargs["max_frames"], group)
     else:
-        count = round_up_to_group(video_processor.num_frames, group)
+        count = round_up_to_group(kwargs["num_frames"], group)
     return uniform_indices(0, total, count)
 
 
@@ -251,68 +334,146 @@ def multiple_choice(description: str, seed: int, distractors=DISTRACTORS) -> tup
     return [options[i] for i in order], order.index(0)
 
 
+SCORINGS = ("multiple_choice", "likelihood", "recall", "judge")
+
+
+def shard_path(output, rank: int, world_size: int) -> Path:
+    """Where process `rank` of `world_size` writes its cells: `output` itself for one process."""
+    output = Path(output)
+    return output if world_size == 1 else output.with_name(f"{output.stem}.rank{rank}{output.suffix}")
+
+
+def _read_cells(path) -> dict:
+    cells = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            if _whole(line):
+                record = json.loads(line)
+                cells[(record["length"], record["depth"])] = record
+    return cells
+
+
+def grid_cells(lengths, depths) -> list[tuple[int, float]]:
+    return [(int(length), float(depth)) for length in lengths for depth in depths]
+
+
+def _answer_likelihood(pipe, frames_or_path, prompt, options, video_kwargs) -> dict:
+    """Each option's letter scored by the model's log-probability as the first answer token (no generation), through
+    the evaluation harness."""
+    from .benchmarks import Question, run_model_batch
+
+    processor, model = pipe.processor, pipe.model
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = dict(processor(text=text, videos=[frames_or_path], return_tensors="pt", **video_kwargs))
+    question = Question("", "", prompt, options, None)
+    return run_model_batch(model, processor, [question], [inputs], {"mode": "likelihood"})[0]
+
+
 def run_grid(pipe, haystack: Haystack, needle: Needle, lengths, depths, output, scoring: str = "multiple_choice",
              question: str = DEFAULT_QUESTION, seed: int = 0, resume: bool = False, max_new_tokens: int = 16,
-             judge_kwargs: dict | None = None, progress: bool = True):  # fmt: skip
+             judge_kwargs: dict | None = None, progress: bool = True, compose_via: str = "memory", cache_dir=None,
+             fps: float | None = None, num_frames: int | None = None, max_frames: int | None = None, rank: int = 0,
+             world_size: int = 1):  # fmt: skip
     """One JSONL record per (length, depth) cell: length, depth, modality, question, answer, score, seconds, frames.
-    `scoring`: "multiple_choice" (the needle among 3 distractors, order seeded per cell; score 1/0 by the letter),
-    "recall" (text needles: 1 if the needle string is in the answer) or "judge" (`judge(**judge_kwargs)`, 1-10)."""
+
+    `scoring`: "multiple_choice" (the needle among 3 distractors, order seeded per cell; score 1/0 by the letter the
+    model writes), "likelihood" (the same options, the letter with the highest log-probability; our model's
+    processor and model), "recall" (text needles: 1 if the needle string is in the answer) or "judge"
+    (`judge(**judge_kwargs)`, 1-10). `compose_via`: "memory" (only the sampled frames are composed, nothing is
+    written) or "file" (the whole composed video is written once into `cache_dir`, see `compose_to_file`, and the
+    model reads the file); the frames the model sees are the same either way. `fps` / `num_frames` / `max_frames`:
+    the sampling (default: the processor's own). With `world_size > 1` process `rank` runs every `world_size`-th
+    cell into its own shard (`shard_path`); `merge_cells` joins them.
+    """
     import time
-    from pathlib import Path
 
     from tqdm.auto import tqdm
 
     from .benchmarks import LETTERS, Question, build_prompt, extract_answer
 
+    if scoring not in SCORINGS:
+        raise ValueError(f"`scoring` must be one of {SCORINGS}, got {scoring!r}.")
     if scoring == "recall" and needle.modality != "text":
         raise ValueError("Exact-string recall scores text needles only; use multiple_choice or judge.")
-    path = Path(output)
+    if compose_via not in ("memory", "file"):
+        raise ValueError(f"`compose_via` must be 'memory' or 'file', got {compose_via!r}.")
+    if compose_via == "file" and cache_dir is None:
+        raise ValueError("compose_via='file' needs a `cache_dir` for the composed videos.")
+    path = shard_path(output, rank, world_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = set()
-    if resume and path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a record cut by an interruption: redone
-            done.add((record["length"], record["depth"]))
-        kept = [line for line in path.read_text().splitlines() if _whole(line)]
-        path.write_text("".join(line + "\n" for line in kept))
+    if resume:
+        kept = _read_cells(path)  # whole lines only: a record cut by an interruption is redone
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept.values()))
+        done = set(kept) | set(_read_cells(output))  # and what an earlier (merged) run finished
     elif path.exists():
         path.unlink()
-    cells = [(int(length), float(depth)) for length in lengths for depth in depths]
+    video_processor = pipe.processor.video_processor
+    video_kwargs = _video_kwargs(video_processor, fps, num_frames, max_frames)
+    mine = grid_cells(lengths, depths)[rank::world_size]
     with open(path, "a", encoding="utf-8") as file:
-        for length, depth in tqdm(cells, desc="cells", disable=not progress):
+        for length, depth in tqdm(mine, desc=f"cells (rank {rank})" if world_size > 1 else "cells",
+                                  disable=not progress):  # fmt: skip
             if (length, depth) in done:
                 continue
             started = time.perf_counter()
-            indices = sample_indices(length, pipe.processor.video_processor)
-            frames = compose(haystack, needle, length, depth, indices=indices)
-            record = {"length": length, "depth": depth, "modality": needle.modality, "frames": len(frames),
+            if compose_via == "file":
+                video = str(compose_to_file(haystack, needle, length, depth, cache_dir))
+                cell_kwargs = video_kwargs
+                count = len(sample_indices(length, video_processor, fps, num_frames, max_frames))
+            else:
+                video = compose(haystack, needle, length, depth,
+                                indices=sample_indices(length, video_processor, fps, num_frames, max_frames))  # fmt: skip
+                cell_kwargs = {"num_frames": len(video)}
+                count = len(video)
+            record = {"length": length, "depth": depth, "modality": needle.modality, "frames": count,
                       "insertion_s": insertion_point(length, depth)}  # fmt: skip
             text = question
-            if scoring == "multiple_choice":
+            if scoring in ("multiple_choice", "likelihood"):
                 options, answer = multiple_choice(
                     needle.description, seed=seed * 1_000_003 + length * 1009 + int(depth * 1000)
                 )
                 text = build_prompt(Question("", "", question, options, answer))
                 record.update(options=options, gold=LETTERS[answer])
-            result = pipe(frames, text, max_new_tokens=max_new_tokens, return_full_text=False,
-                          processor_kwargs={"num_frames": len(frames)})  # fmt: skip
-            output_text = result[0]["generated_text"]
-            record.update(question=text, answer=output_text)
-            if scoring == "multiple_choice":
-                letter, rule = extract_answer(output_text, options)
-                record.update(letter=letter, rule=rule, score=float(letter == record["gold"]))
-            elif scoring == "recall":
-                record["score"] = float(needle.content.lower() in output_text.lower())
+            if scoring == "likelihood":
+                result = _answer_likelihood(pipe, video, text, options, cell_kwargs)
+                record.update(question=text, answer=None, letter=result["letter"], rule="likelihood",
+                              letter_scores=result["scores"], score=float(result["letter"] == record["gold"]))  # fmt: skip
             else:
-                verdict = judge(question, output_text, needle.description, **(judge_kwargs or {}))
-                record.update(score=verdict["score"], judge_reply=verdict["reply"])
+                result = pipe(video, text, max_new_tokens=max_new_tokens, return_full_text=False,
+                              processor_kwargs=cell_kwargs)  # fmt: skip
+                output_text = result[0]["generated_text"]
+                record.update(question=text, answer=output_text)
+                if scoring == "multiple_choice":
+                    letter, rule = extract_answer(output_text, options)
+                    record.update(letter=letter, rule=rule, score=float(letter == record["gold"]))
+                elif scoring == "recall":
+                    record["score"] = float(needle.content.lower() in output_text.lower())
+                else:
+                    verdict = judge(question, output_text, needle.description, **(judge_kwargs or {}))
+                    record.update(score=verdict["score"], judge_reply=verdict["reply"])
             record["seconds"] = round(time.perf_counter() - started, 4)
             file.write(json.dumps(record) + "\n")
             file.flush()
     return path
+
+
+def merge_cells(output, lengths, depths, world_size: int, resume: bool = False) -> list[dict]:
+    """Join the shards (and, with `resume`, an earlier merged file) into `output`, in grid order; returns the
+    records. Raises if a cell of the grid has no record."""
+    output = Path(output)
+    cells = _read_cells(output) if resume or world_size == 1 else {}
+    for rank in range(world_size):
+        cells.update(_read_cells(shard_path(output, rank, world_size)))
+    missing = [cell for cell in grid_cells(lengths, depths) if cell not in cells]
+    if missing:
+        raise RuntimeError(f"{len(missing)} cells have no record (first: {missing[0]}); rerun with --resume.")
+    records = [cells[cell] for cell in grid_cells(lengths, depths)]
+    partial = output.with_name(output.name + ".partial")
+    partial.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(partial, output)
+    return records
 
 
 def _whole(line: str) -> bool:
@@ -383,7 +544,11 @@ def _grid(text: str | None, default: list) -> list:
 def build_parser():
     import argparse
 
-    parser = argparse.ArgumentParser(prog="videollamb-hf niavh", description="Needle in a Video Haystack (MM-NIAVH).")
+    parser = argparse.ArgumentParser(
+        prog="videollamb-hf niavh",
+        description="Needle in a Video Haystack (MM-NIAVH). Data-parallel: accelerate launch -m "
+        "videollamb_hf.evaluation.niavh ...",
+    )
     parser.add_argument(
         "--model", default="ColorfulAI/VideoLLaMB", help="any model the video-text-to-text pipeline runs"
     )
@@ -397,22 +562,29 @@ def build_parser():
     )
     parser.add_argument("--depths", default=None, help='"0,100,12" (default) or explicit "0 50 100"')
     parser.add_argument("--depth-spacing", choices=["linear", "sigmoid"], default="linear")
-    parser.add_argument("--scoring", choices=["multiple_choice", "recall", "judge"], default="multiple_choice")
+    parser.add_argument("--scoring", choices=SCORINGS, default="multiple_choice")
     parser.add_argument("--judge-url", help="an OpenAI-compatible endpoint (key in $NIAVH_JUDGE_API_KEY)")
     parser.add_argument("--judge-model", default="gpt-3.5-turbo")
+    parser.add_argument("--fps", type=float, default=1.0, help="frames per second fed to the model (the paper's 1)")
+    parser.add_argument("--max-frames", type=int, default=512)
+    parser.add_argument("--num-frames", type=int, default=None, help="a fixed frame count instead of --fps")
+    parser.add_argument("--compose", choices=["memory", "file"], default="memory",
+                        help="feed the sampled frames directly (default) or write each composed video once")  # fmt: skip
+    parser.add_argument("--cache-dir", default=None, help="for --compose file (default: OUTPUT_DIR/videos)")
     parser.add_argument("--output-dir", default="niavh")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: this process's GPU, else the CPU")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
 
 def main(argv=None) -> int:
-    import os
     import sys
-    from pathlib import Path
 
+    import torch
+    from accelerate import PartialState
     from transformers import pipeline
 
     import videollamb_hf  # noqa: F401
@@ -425,22 +597,39 @@ def main(argv=None) -> int:
     lengths = _grid(args.lengths, length_grid())
     default_depths = depth_grid(spacing=args.depth_spacing)
     depths = _grid(args.depths, default_depths) if args.depths else default_depths
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo across the launched processes
+    device = args.device or (f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu")
     try:
-        pipe = pipeline("video-text-to-text", model=args.model)
+        pipe = pipeline("video-text-to-text", model=args.model, device=device)
         haystack = Haystack(args.haystack)
+        needle = Needle(args.needle_modality, args.needle, args.needle_description)
     except (OSError, ValueError) as error:
         print(f"videollamb-hf niavh: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
-    needle = Needle(args.needle_modality, args.needle, args.needle_description)
     output = Path(args.output_dir)
     judge_kwargs = {"base_url": args.judge_url, "model": args.judge_model,
                     "api_key": os.environ.get("NIAVH_JUDGE_API_KEY")} if args.scoring == "judge" else None  # fmt: skip
-    path = run_grid(pipe, haystack, needle, lengths, depths, output / "cells.jsonl", scoring=args.scoring,
-                    question=args.question, seed=args.seed, resume=args.resume, max_new_tokens=args.max_new_tokens,
-                    judge_kwargs=judge_kwargs, progress=not args.quiet)  # fmt: skip
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    run_grid(pipe, haystack, needle, lengths, depths, output / "cells.jsonl", scoring=args.scoring,
+             question=args.question, seed=args.seed, resume=args.resume, max_new_tokens=args.max_new_tokens,
+             judge_kwargs=judge_kwargs, progress=not args.quiet, compose_via=args.compose,
+             cache_dir=args.cache_dir or output / "videos", fps=None if args.num_frames else args.fps,
+             num_frames=args.num_frames, max_frames=args.max_frames, rank=state.process_index,
+             world_size=state.num_processes)  # fmt: skip
+    state.wait_for_everyone()
+    try:
+        if not state.is_main_process:
+            return 0
+        try:
+            records = merge_cells(output / "cells.jsonl", lengths, depths, state.num_processes, resume=args.resume)
+        except RuntimeError as error:
+            print(f"videollamb-hf niavh: error: {error}", file=sys.stderr)
+            return 1
+    finally:  # every rank leaves together and tears the group down
+        state.wait_for_everyone()
+        state.destroy_process_group()
     summary = heatmap(records, output / "heatmap.png", output / "heatmap.pdf")
     summary["settings"] = {k: v for k, v in vars(args).items() if k != "quiet"}
+    summary["settings"]["world_size"] = state.num_processes
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     (output / "summary.md").write_text(
         f"# Needle in a Video Haystack\n\n{len(records)} cells ({len(lengths)} lengths x {len(depths)} depths), "
@@ -452,6 +641,10 @@ def main(argv=None) -> int:
     return 0
 
 
-__all__ = ["Haystack", "Needle", "compose", "composed_times", "depth_grid", "insertion_point", "judge",
-           "judge_prompt", "length_grid", "parse_rating", "text_font_size", "run_grid", "heatmap", "multiple_choice",
-           "sample_indices"]  # fmt: skip
+__all__ = ["Haystack", "Needle", "compose", "compose_to_file", "composed_times", "composition_key", "depth_grid",
+           "grid_cells", "heatmap", "insertion_point", "judge", "judge_prompt", "length_grid", "merge_cells",
+           "multiple_choice", "parse_rating", "run_grid", "sample_indices", "shard_path", "text_font_size"]  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
