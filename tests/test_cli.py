@@ -103,3 +103,43 @@ def test_missing_video_and_help(tiny, tmp_path):
         assert command in run.stdout
     run = cli("demo", "--help")
     assert run.returncode == 0 and "loopback" in run.stdout
+
+
+def test_chat_turns_reuse_the_cache_and_answer_as_a_fresh_prompt_does(tiny):
+    import types
+
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from videollamb_hf.cli import ChatSession, _prompt_ids, answer_from_features, encode_video
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny).eval()
+    processor = AutoProcessor.from_pretrained(tiny)
+    args = types.SimpleNamespace(quiet=True, num_frames=None, fps=None, sampling=None, max_new_tokens=8,
+                                 temperature=0.0, seed=0)  # fmt: skip
+    features, _ = encode_video(model, processor, VIDEO, args)
+    session = ChatSession(model, processor, features)
+    seen = []  # tokens the language model runs at each call's prefill (the first forward of each generate)
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, a, kw: seen.append(kw["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    history = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    try:
+        for question in ("And then?", "Who is there?", None):
+            seen.clear()
+            answer = session.ask(history, args)
+            prefill = seen[0]
+            with torch.no_grad():
+                assert answer == answer_from_features(model, processor, features, history, args)  # a fresh prompt
+            full = len(_prompt_ids(processor, history))  # the whole conversation with its visual slots
+            if len(history) == 1:
+                assert session.reused == 0 and prefill == full
+            else:  # only what follows the shared prefix (which holds the video's slots) is run again
+                assert session.reused > model.config.video_seq_length and prefill == full - session.reused
+            if question:
+                history += [{"role": "assistant", "content": answer},
+                            {"role": "user", "content": [{"type": "text", "text": question}]}]  # fmt: skip
+    finally:
+        hook.remove()
+    session.reset()
+    assert session.ask(history[:1], args) and session.reused == 0
