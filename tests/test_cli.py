@@ -111,7 +111,8 @@ def test_chat_turns_reuse_the_cache_and_answer_as_a_fresh_prompt_does(tiny):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from videollamb_hf.cli import ChatSession, _prompt_ids, answer_from_features, encode_video
+    from videollamb_hf.chat import ChatSession, prompt_ids
+    from videollamb_hf.cli import answer_from_features, encode_video, generation_kwargs
 
     model = AutoModelForImageTextToText.from_pretrained(tiny).eval()
     processor = AutoProcessor.from_pretrained(tiny)
@@ -127,11 +128,11 @@ def test_chat_turns_reuse_the_cache_and_answer_as_a_fresh_prompt_does(tiny):
     try:
         for question in ("And then?", "Who is there?", None):
             seen.clear()
-            answer = session.ask(history, args)
+            answer = session.ask(history, generation_kwargs(args))
             prefill = seen[0]
             with torch.no_grad():
                 assert answer == answer_from_features(model, processor, features, history, args)  # a fresh prompt
-            full = len(_prompt_ids(processor, history))  # the whole conversation with its visual slots
+            full = len(prompt_ids(processor, history))  # the whole conversation with its visual slots
             if len(history) == 1:
                 assert session.reused == 0 and prefill == full
             else:  # only what follows the shared prefix (which holds the video's slots) is run again
@@ -142,4 +143,4 @@ def test_chat_turns_reuse_the_cache_and_answer_as_a_fresh_prompt_does(tiny):
     finally:
         hook.remove()
     session.reset()
-    assert session.ask(history[:1], args) and session.reused == 0
+    assert session.ask(history[:1], generation_kwargs(args)) and session.reused == 0

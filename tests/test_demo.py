@@ -51,6 +51,7 @@ def test_handlers_answer_and_stream(app):
     assert history[1]["content"].endswith("[random weights]")
     history, _ = session.answer(VIDEO, "And then?", history)  # a second turn; the video was encoded once
     assert len(history) == 4 and len(session._features) == 1
+    assert session._chat[1].reused > session.model.config.video_seq_length  # the first turn's cache, slots included
     updates = list(session.stream(VIDEO))
     captions, thumbnails = updates[-1]
     assert captions.count("**") >= 2 and " s**" in captions and len(thumbnails) == captions.count("**") // 2

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .chat import ChatSession
+
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
@@ -25,7 +27,7 @@ def sample_videos(folder=None) -> list[str]:
 
 class DemoSession:
     """What the page's buttons call. Videos are encoded once (towers + bridge) and their features reused for every
-    question about them."""
+    question about them; later turns of a conversation reuse the language model's cache of the earlier ones."""
 
     def __init__(self, model, processor, video_kwargs=None, generate_kwargs=None, stream_fps: float = 1.0):
         self.model, self.processor = model, processor
@@ -33,6 +35,7 @@ class DemoSession:
         self.generate_kwargs = {"max_new_tokens": 64, "do_sample": False, **(generate_kwargs or {})}
         self.stream_fps = stream_fps
         self._features = {}
+        self._chat = None  # (video key, ChatSession)
         self.random_weights = bool(getattr(model.config, "random_weights", False))
 
     def _video_path(self, video) -> str:
@@ -59,6 +62,9 @@ class DemoSession:
         if not question:
             return history, ""
         features = self.features(video)
+        key = self._video_path(video)
+        if self._chat is None or self._chat[0] != key or self._chat[1].features is not features:
+            self._chat = (key, ChatSession(self.model, self.processor, features))
         # Rebuild the conversation; the video goes with the first question, as in the original prompt.
         messages = []
         for turn in history + [{"role": "user", "content": question}]:
@@ -69,13 +75,7 @@ class DemoSession:
             if turn["role"] == "user" and not any(m["role"] == "user" for m in messages):
                 content = [{"type": "video"}] + content
             messages.append({"role": turn["role"], "content": content})
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids, _ = self.processor._tokenize_prompt(prompt, add_special_tokens=True)
-        input_ids = torch.tensor([ids], device=self.model.device)
-        with torch.no_grad():
-            output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                         video_features=features, **self.generate_kwargs)  # fmt: skip
-        text = self.processor.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
+        text = self._chat[1].ask(messages, self.generate_kwargs)  # the shared prefix's cache is reused
         if self.random_weights:
             text = f"{text} [random weights]"
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
