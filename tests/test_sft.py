@@ -183,6 +183,41 @@ def test_two_process_ddp_launch_runs(repo, data, tmp_path):
     assert (out / "model.safetensors").exists()
 
 
+SLOW_SAVE = """
+import sys, time
+import transformers
+from videollamb_hf import sft
+
+save = transformers.Trainer.save_model
+
+
+def slow_save(self, *args, **kwargs):  # rank 0 writes slowly, as on a busy disk
+    saved = save(self, *args, **kwargs)
+    if self.accelerator.is_main_process:
+        time.sleep(10)
+    return saved
+
+
+transformers.Trainer.save_model = slow_save
+sys.exit(sft.main(sys.argv[1:]))
+"""
+
+
+def test_two_processes_exit_when_the_main_process_saves_slowly(repo, data, tmp_path):
+    # The race CI once hit: TRL's script destroys the process group right after `save_model`, which only rank 0
+    # does; without the barrier in our trainer's `end()` rank 1 hangs in the teardown (reproduced with this 10 s
+    # delay: the launch never exits).
+    script = tmp_path / "slow_save_sft.py"
+    script.write_text(SLOW_SAVE)
+    out = tmp_path / "slow"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "examples" / "accelerate" / "cpu_ddp_2proc.yaml"), str(script),
+               *_args(repo, data, out, steps=1)]  # fmt: skip
+    run = run_launched(command, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize("name", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "cpu_ddp_2proc"])
 def test_accelerate_configs_parse(name):
     from accelerate.commands.config.config_args import load_config_from_file
