@@ -306,3 +306,26 @@ def test_file_and_memory_routes_and_likelihood_scoring_agree(haystack, tiny_pipe
         run_grid(tiny_pipe, haystack, needle, [4], [0], tmp_path / "x.jsonl", compose_via="file")
     with pytest.raises(ValueError, match="scoring"):
         run_grid(tiny_pipe, haystack, needle, [4], [0], tmp_path / "x.jsonl", scoring="bleu")
+
+
+def test_the_papers_niavh_model_runs_the_grid_at_one_frame_per_second(haystack, tmp_path, monkeypatch):
+    """VideoLLaMB_Mem (the model the authors evaluate here), from a tiny checkpoint in their layout: its processor
+    samples 1 fps without rounding to a multiple of 8, and both composition routes give it the same frames."""
+    from transformers import pipeline
+
+    from videollamb_hf.evaluation.niavh import run_grid
+    from videollamb_hf.testing_utils import save_tiny_original_repo
+
+    mem = save_tiny_original_repo(tmp_path / "mem", variant="mem")
+    monkeypatch.chdir(mem["root"])  # the checkpoint names its towers by relative paths, as the authors ran it
+    pipe = pipeline("video-text-to-text", model=mem["repo"])
+    assert pipe.processor.video_processor.fps == 1 and pipe.processor.video_processor.temporal_group_size == 1
+    needle = Needle("image", str(VIDEOS / "readingsky.png"))
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    runs = []
+    for via in ("memory", "file"):
+        out = run_grid(pipe, haystack, needle, [5, 11], [50], tmp_path / f"mem-{via}.jsonl", compose_via=via,
+                       cache_dir=tmp_path / "cache", max_new_tokens=2, progress=False)  # fmt: skip
+        runs.append([json.loads(line) for line in out.read_text().splitlines()])
+    assert [r["frames"] for r in runs[0]] == [5, 11]  # one per second, as the original's NIAVH runner feeds it
+    assert strip(runs[0]) == strip(runs[1])

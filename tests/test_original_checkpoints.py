@@ -474,3 +474,15 @@ def test_device_map_and_local_files_only_pass_through(in_root):
         )
         assert {p.device.type for p in model.parameters()} == {"cpu"}
         assert torch.equal(model.lm_head.weight[:400], in_root["model"].lm_head.weight[:400])
+
+
+def test_pipelines_load_original_layout_repos(in_root):
+    """`pipeline(...)` loads the processor with `dtype="auto"`: the translated config must take it (it once failed
+    with `torch has no attribute 'auto'`)."""
+    from conftest import VIDEOS
+    from transformers import pipeline
+
+    assert AutoConfig.from_pretrained(in_root["repo"], dtype="auto").model_type == "videollamb"
+    pipe = pipeline("video-text-to-text", model=in_root["repo"])
+    out = pipe(str(VIDEOS / "sample_demo_1.mp4"), "What happens?", max_new_tokens=2, return_full_text=False)
+    assert isinstance(out[0]["generated_text"], str) and pipe.model.config.model_type == "videollamb"

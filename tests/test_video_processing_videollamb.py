@@ -123,6 +123,20 @@ def test_fps_rule_and_frame_count_rounding(processor):
     assert processor(dance, num_frames=1)["pixel_values_videos"].shape[1] == 8
 
 
+def test_a_calls_frame_count_beats_a_default_fps():
+    from videollamb_hf.video_processing_videollamb import VideoLlambVideoProcessor
+
+    one_fps = VideoLlambVideoProcessor(fps=1, size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    dance = str(VIDEOS / "dance.mp4")
+    assert one_fps(dance)["pixel_values_videos"].shape[1] == 16  # the default fps rule
+    assert one_fps(dance, num_frames=24)["pixel_values_videos"].shape[1] == 24  # the call's count
+    assert one_fps(dance, num_frames=24, fps=2)["pixel_values_videos"].shape[1] == 40  # both in the call: fps
+    frames = np.zeros((10, 16, 16, 3), dtype=np.uint8)  # frames have no timing: a count is what they can take
+    assert one_fps(frames, num_frames=8)["pixel_values_videos"].shape[1] == 8
+    with pytest.raises(ValueError, match="num_frames"):
+        one_fps(frames)
+
+
 def test_start_and_end_time(processor):
     meta = processor(str(VIDEOS / "dance.mp4"), start_time=5.0, end_time=10.0, num_frames=8, return_metadata=True)
     meta = meta["video_metadata"][0]

@@ -264,7 +264,9 @@ class VideoLlambConfig(PreTrainedConfig):
             fields = original_config_to_videollamb(config_dict, video_tower=video_tower, image_tower=image_tower)
             layout = fields.pop("_original_layout")
             # Our own fields given as keyword arguments (`num_frames=32`, ...) apply before validation.
-            fields.update({k: kwargs.pop(k) for k in list(kwargs) if k in cls.__dataclass_fields__})
+            # (`dtype` / `torch_dtype` stay with transformers' own handling: "auto", what pipelines pass, is no dtype.)
+            ours = [k for k in kwargs if k in cls.__dataclass_fields__ and k not in ("dtype", "torch_dtype")]
+            fields.update({k: kwargs.pop(k) for k in ours})
             loaded = super().from_dict(fields, **kwargs)
             config = loaded[0] if isinstance(loaded, tuple) else loaded
             # Not serialised (see `to_dict`): only the loader and the vocabulary converter read it.

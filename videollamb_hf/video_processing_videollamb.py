@@ -7,9 +7,11 @@ original video path in torch: `/255`, CLIP normalisation, bilinear short side to
 inference is not reproduced; `do_flip=True` turns it on as a training augmentation.
 
 Rules (documented choices):
-- `fps` given (per call or as the default) decides the count with the original's rule
-  (`n = ceil(seconds * fps)`, then `min(max_frames, max(8, n - n % 8))`) and `num_frames` is ignored; otherwise
-  `num_frames` is used, rounded UP to a multiple of the temporal group size (8): 12 -> 16, 1 -> 8.
+- `fps` given (per call, or as the default when the call gives no `num_frames`) decides the count with the
+  original's rule (`n = ceil(seconds * fps)`, then `min(max_frames, max(8, n - n % 8))`); otherwise `num_frames` is
+  used, rounded UP to a multiple of the temporal group size (8): 12 -> 16, 1 -> 8. A per-call argument beats a
+  default: `num_frames=` in a call overrides a default `fps` (e.g. VideoLLaMB_Mem's 1 fps); with both in one call,
+  `fps` wins.
 - `start_time` / `end_time` (seconds from the first frame) restrict sampling to frames with
   `start_time <= t < end_time`.
 - `sampling="scenes"`: a sparse pre-pass decodes only the intra-coded frames (the decoder skips all others) into
@@ -197,7 +199,8 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
 
     Args:
         num_frames (`int`, defaults to 16): frames per video (rounded up to a multiple of `temporal_group_size`).
-        fps (`float`, *optional*): sample by video time instead (see the module docstring); wins over `num_frames`.
+        fps (`float`, *optional*): sample by video time instead (see the module docstring); wins over the default
+            `num_frames`, and over a `num_frames` given in the same call; a call's `num_frames` overrides it.
         max_frames (`int`, defaults to 512): cap of the fps rule.
         temporal_group_size (`int`, defaults to 8): the video tower's group; frame counts are multiples of it.
         sampling (`str`, defaults to `"uniform"`): `"uniform"` (the original) or `"scenes"`.
@@ -383,8 +386,9 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
         unknown = set(kwargs) - set(VideoLlambVideosKwargs.__annotations__) - {"device", "video_metadata"}
         if unknown:
             raise TypeError(f"Unexpected video processor arguments: {sorted(unknown)}.")
+        count_asked = num_frames is not None and fps is None  # a call's frame count beats the default fps
         num_frames = self.num_frames if num_frames is None else num_frames
-        fps = self.fps if fps is None else fps
+        fps = None if count_asked else (self.fps if fps is None else fps)
         max_frames = self.max_frames if max_frames is None else max_frames
         sampling = self.sampling if sampling is None else sampling
         do_flip = self.do_flip if do_flip is None else do_flip
