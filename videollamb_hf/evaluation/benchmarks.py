@@ -15,6 +15,7 @@ silently.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -493,6 +494,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
+@contextlib.contextmanager
+def ranks_leave_together(state):
+    """Around what rank 0 does after the shards are written (merging, reporting): every rank waits for the others
+    on entry and again on exit, then the process group is destroyed. A rank that tears the group down while another
+    is still working can hang gloo's teardown (the race pytorch/pytorch#75097 describes)."""
+    state.wait_for_everyone()
+    try:
+        yield
+    finally:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
@@ -526,8 +540,7 @@ def main(argv=None) -> int:
              video_map=video_map, progress=not args.quiet,
              num_workers=args.num_workers if args.num_workers is not None else (2 if torch.cuda.is_available() else 0),
              batch_size=args.batch_size)  # fmt: skip
-    state.wait_for_everyone()
-    try:
+    with ranks_leave_together(state):
         if not state.is_main_process:
             return 0
         try:
@@ -537,12 +550,9 @@ def main(argv=None) -> int:
         except RuntimeError as error:
             print(f"videollamb-hf eval: error: {error}", file=sys.stderr)
             return 1
-    finally:  # every rank leaves together and tears the group down (a rank that exits early can hang gloo's)
-        state.wait_for_everyone()
-        state.destroy_process_group()
     print(json.dumps({k: report[k] for k in ("benchmark", "total", "answered", "missing", "unparseable", "accuracy")}))
     return 0
 
 
 __all__ = ["BENCHMARKS", "Question", "build_prompt", "evaluate", "extract_answer", "load_questions", "main",
-           "merge_and_report", "original_extraction"]  # fmt: skip
+           "merge_and_report", "original_extraction", "ranks_leave_together"]  # fmt: skip

@@ -589,6 +589,8 @@ def main(argv=None) -> int:
 
     import videollamb_hf  # noqa: F401
 
+    from .benchmarks import ranks_leave_together
+
     args = build_parser().parse_args(argv)
     if args.scoring == "judge" and not args.judge_url:
         print("videollamb-hf niavh: error: --scoring judge needs --judge-url (an OpenAI-compatible endpoint).",
@@ -615,8 +617,7 @@ def main(argv=None) -> int:
              cache_dir=args.cache_dir or output / "videos", fps=None if args.num_frames else args.fps,
              num_frames=args.num_frames, max_frames=args.max_frames, rank=state.process_index,
              world_size=state.num_processes)  # fmt: skip
-    state.wait_for_everyone()
-    try:
+    with ranks_leave_together(state):
         if not state.is_main_process:
             return 0
         try:
@@ -624,9 +625,6 @@ def main(argv=None) -> int:
         except RuntimeError as error:
             print(f"videollamb-hf niavh: error: {error}", file=sys.stderr)
             return 1
-    finally:  # every rank leaves together and tears the group down
-        state.wait_for_everyone()
-        state.destroy_process_group()
     summary = heatmap(records, output / "heatmap.png", output / "heatmap.pdf")
     summary["settings"] = {k: v for k, v in vars(args).items() if k != "quiet"}
     summary["settings"]["world_size"] = state.num_processes
