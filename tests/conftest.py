@@ -117,8 +117,9 @@ def tiny_processor(tmp_path_factory):
 
 def run_launched(command, timeout=600, **kwargs):
     """`subprocess.run(command, capture_output=True, text=True)` for multi-process launches, diagnosable when they
-    hang: on timeout every process of the launch gets SIGABRT (with PYTHONFAULTHANDLER=1 each dumps its Python
+    hang: on timeout the launcher and every process it started get SIGABRT (with PYTHONFAULTHANDLER=1 each dumps its Python
     stacks into the captured stderr) and the test fails with that output instead of a bare TimeoutExpired."""
+    import contextlib
     import signal
     import subprocess
 
@@ -128,12 +129,20 @@ def run_launched(command, timeout=600, **kwargs):
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGABRT)
+        import psutil  # accelerate's dependency
+
+        # torchrun starts each worker in a session of its own: signal every descendant, not only the group.
+        family = [process.pid] + [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
         try:
             stdout, stderr = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            stdout, stderr = process.communicate(timeout=30)
         pytest.fail(f"{command[:6]}... did not finish in {timeout} s; stacks at the time:\n{stderr[-12000:]}\n"
                     f"stdout tail:\n{stdout[-2000:]}")  # fmt: skip
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

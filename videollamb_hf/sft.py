@@ -63,12 +63,13 @@ def _trainer_class():
             return (loss, None) if return_outputs else loss
 
         def end(self):
-            # TRL's script calls `trainer.end()` right after `save_model`, which only the main process does: without
-            # this barrier the other ranks tear the group down while rank 0 is still writing, a known race in which
-            # `destroy_process_group` can hang (pytorch/pytorch#75097); seen once here as a 2-process gloo run that
-            # printed "Model saved" and never exited.
+            # TRL's script calls `trainer.end()` right after `save_model`, which only the main process does: the
+            # other ranks must wait for it (else they tear the group down while rank 0 writes, and hang: reproduced
+            # with a slow save). The group itself is destroyed by `leave_together` once TRL's script has returned
+            # and the trainer and its DDP wrapper are freed: freeing them after the group is gone hung a rank too.
             self.accelerator.wait_for_everyone()
-            super().end()
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
     return VideoLlambSFTTrainer
 
@@ -295,7 +296,21 @@ def main(argv=None) -> int:
         trl_sft.main(script_args, training_args, model_args, dataset_args)
     finally:
         trl.SFTTrainer = original_trainer
+    leave_together()
     return 0
+
+
+def leave_together() -> None:
+    """End of a multi-process run: free what still holds the process group (the trainer, the DDP wrapper), then
+    every rank waits for the others and the group is destroyed, all ranks together."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _ensure(folder) -> str:
