@@ -146,3 +146,63 @@ def run_launched(command, timeout=600, **kwargs):
         pytest.fail(f"{command[:6]}... did not finish in {timeout} s; stacks at the time:\n{stderr[-12000:]}\n"
                     f"stdout tail:\n{stdout[-2000:]}")  # fmt: skip
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+# -- CI: a skipped test must have an allow-listed reason ------------------------------------------------------------
+
+SKIP_ALLOWLIST = Path(__file__).resolve().with_name("skip_allowlist.txt")
+_SKIPPED = pytest.StashKey[list]()
+_DISALLOWED = pytest.StashKey[list]()
+
+
+def skip_allowlist(path=SKIP_ALLOWLIST):
+    """The allowed skip reasons: one regular expression per line of `path` (`#` lines are comments)."""
+    import re
+
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    return [re.compile(line) for line in lines if line and not line.startswith("#")]
+
+
+def _record_skip(config, report):
+    if report.skipped and not hasattr(report, "wasxfail"):  # an xfail is reported as skipped too: not a skip
+        longrepr = report.longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")
+        config.stash.setdefault(_SKIPPED, []).append((report.nodeid, reason))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _record_skip(item.config, report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield  # a module skipped as a whole (a module-level importorskip)
+    _record_skip(collector.config, report)
+    return report
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI=true, a skip whose reason is not on tests/skip_allowlist.txt fails the run."""
+    if os.environ.get("CI", "").lower() != "true":
+        return
+    allowed = skip_allowlist()
+    skipped = session.config.stash.get(_SKIPPED, [])
+    disallowed = [(nodeid, reason) for nodeid, reason in skipped if not any(p.search(reason) for p in allowed)]
+    session.config.stash[_DISALLOWED] = disallowed
+    if disallowed and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    disallowed = config.stash.get(_DISALLOWED, [])
+    if disallowed:
+        terminalreporter.write_sep("=", f"{len(disallowed)} skip(s) not allowed under CI=true", red=True, bold=True)
+        for nodeid, reason in disallowed:
+            terminalreporter.write_line(f"SKIPPED (fails CI) {nodeid}: {reason}")
+        terminalreporter.write_line(
+            f"Each reason matches no pattern of {SKIP_ALLOWLIST.relative_to(SKIP_ALLOWLIST.parents[1])}: install "
+            "what the test needs, or allow-list the reason there if it can never run on the CI machine."
+        )

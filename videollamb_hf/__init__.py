@@ -8,7 +8,6 @@ from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_videollamb import VideoLlambConfig, VideoLlambOriginalConfig, VideoLlambVisionConfig
-from .convert_videollamb_original_to_hf import ORIGINAL_ARCHITECTURES, original_weight_conversions
 from .image_processing_videollamb import VideoLlambImageProcessor
 from .modeling_videollamb import (
     VideoLlambForConditionalGeneration,
@@ -19,6 +18,7 @@ from .modeling_videollamb import (
     VideoLlambVideoFeatures,
     VideoLlambVideoTower,
 )
+from .original_format import ORIGINAL_ARCHITECTURES, original_weight_conversions
 from .pipeline_videollamb import VideoTextToTextPipeline
 from .processing_videollamb import VideoLlambProcessor
 from .scene_tiling import find_scene_boundaries

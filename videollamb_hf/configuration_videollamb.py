@@ -11,6 +11,8 @@ from transformers import CLIPVisionConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
+from .original_format import download_options, original_config_to_videollamb
+
 
 def _pipeline_registered_here(custom_pipelines: dict) -> bool:
     """Whether every task a saved repo names is registered in this process by a non-remote class."""
@@ -159,6 +161,9 @@ class VideoLlambConfig(PreTrainedConfig):
     max_image_like_frames (`int`):
         With `bridge_output="memories"`, a video of at most this many frames is encoded frame by frame like
         images (VideoLLaMB_Mem: 3); 0: never.
+    has_image_tower (`bool`):
+        Whether the model has an image tower. False for a video-only checkpoint (the authors' config names no
+        `mm_image_tower`, e.g. `X: ["VIDEO"]`): no image tower is built and an image input is an error.
     initializer_range (`float`):
         Standard deviation of the random initialisation of linear layers.
     """
@@ -204,6 +209,7 @@ class VideoLlambConfig(PreTrainedConfig):
     bridge_memory_cache: Literal["memories", "segment_states"] = "memories"
     bridge_output: Literal["last_segment", "memories"] = "last_segment"
     max_image_like_frames: int = 0
+    has_image_tower: bool = True
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
@@ -240,18 +246,18 @@ class VideoLlambConfig(PreTrainedConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        from .convert_videollamb_original_to_hf import download_options
-
         with download_options(**kwargs):
             config_dict, unused = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
             if config_dict.get("model_type") == "llava_llama":
+                # Where a tower config cannot be read, the towers are derived from the checkpoint's tensors.
+                unused.setdefault("name_or_path", str(pretrained_model_name_or_path))
                 return cls.from_dict(config_dict, **unused)
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         """Also reads the authors' LLaVA-layout configs (`model_type: "llava_llama"`, flat `mm_*` fields): they are
-        translated (see `convert_videollamb_original_to_hf.original_config_to_videollamb`); `video_tower=` /
+        translated (see `original_format.original_config_to_videollamb`); `video_tower=` /
         `image_tower=` (folders or hub ids) override the LanguageBind tower paths they name."""
         video_tower, image_tower = kwargs.pop("video_tower", None), kwargs.pop("image_tower", None)
         if "custom_pipelines" in config_dict and _pipeline_registered_here(config_dict["custom_pipelines"]):
@@ -259,9 +265,9 @@ class VideoLlambConfig(PreTrainedConfig):
             # has registered it, use that one, with no `trust_remote_code` needed.
             config_dict = {k: v for k, v in config_dict.items() if k != "custom_pipelines"}
         if config_dict.get("model_type") == "llava_llama":
-            from .convert_videollamb_original_to_hf import original_config_to_videollamb
-
-            fields = original_config_to_videollamb(config_dict, video_tower=video_tower, image_tower=image_tower)
+            fields = original_config_to_videollamb(
+                config_dict, video_tower=video_tower, image_tower=image_tower, checkpoint=kwargs.get("name_or_path")
+            )
             layout = fields.pop("_original_layout")
             # Our own fields given as keyword arguments (`num_frames=32`, ...) apply before validation.
             # (`dtype` / `torch_dtype` stay with transformers' own handling: "auto", what pipelines pass, is no dtype.)
@@ -281,7 +287,7 @@ class VideoLlambConfig(PreTrainedConfig):
 
     def _check_consistency(self):
         """The numbers must fit together; raises `ValueError` naming the fields."""
-        for name in ("vision_config", "image_config"):
+        for name in ("vision_config", "image_config") if self.has_image_tower else ("vision_config",):
             tower = getattr(self, name)
             if tower.hidden_size != self.bridge_hidden_size:
                 raise ValueError(

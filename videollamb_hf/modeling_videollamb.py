@@ -39,6 +39,7 @@ from transformers.models.clip.modeling_clip import (
 from transformers.utils import ModelOutput, TransformersKwargs, logging
 
 from .configuration_videollamb import VideoLlambConfig, VideoLlambVisionConfig
+from .original_format import DOWNLOAD_KWARG_NAMES, download_options, finish_original_loading
 from .scene_tiling import boundaries_to_segments, find_scene_boundaries
 
 
@@ -504,8 +505,6 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
           safetensors, accept `.bin`) or `False` (`.bin` only), and then with `torch.load(weights_only=True)`;
         - `config.freeze_towers` is re-applied (loading makes every parameter trainable again).
         """
-        from .convert_videollamb_original_to_hf import DOWNLOAD_KWARG_NAMES, download_options, finish_original_loading
-
         kwargs.setdefault("use_safetensors", True)
         if kwargs.get("quantization_config") is not None:
             kwargs["quantization_config"] = keep_unquantized(kwargs["quantization_config"])
@@ -518,7 +517,10 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
             # The strict check below replaces transformers' report (which would call the tower weights that
             # come from the LanguageBind folders "newly initialized").
             download = {k: kwargs[k] for k in DOWNLOAD_KWARG_NAMES if kwargs.get(k) is not None}
-            finish_original_loading(model, info, allow_pickle=kwargs["use_safetensors"] is not True, **download)
+            backbone = next(module for module in model.modules() if isinstance(module, VideoLlambModel))
+            finish_original_loading(
+                model, backbone, info, allow_pickle=kwargs["use_safetensors"] is not True, **download
+            )
         else:
             for record in reports:
                 _modeling_utils_logger.handle(record)
@@ -590,7 +592,8 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
     def __init__(self, config: VideoLlambConfig):
         super().__init__(config)
         self.video_tower = VideoLlambVideoTower(config.vision_config)
-        self.image_tower = AutoModel.from_config(config.image_config)
+        # A video-only checkpoint (`has_image_tower=False`) has none: images are refused.
+        self.image_tower = AutoModel.from_config(config.image_config) if config.has_image_tower else None
         self.memory_bridge = VideoLlambMemoryBridge(config)
         self.multi_modal_projector = VideoLlambMultiModalProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
@@ -602,7 +605,8 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         """Frozen towers (the default, as released) take no gradient and run under `torch.no_grad()`."""
         self.config.freeze_towers = not trainable
         self.video_tower.requires_grad_(trainable)
-        self.image_tower.requires_grad_(trainable)
+        if self.image_tower is not None:
+            self.image_tower.requires_grad_(trainable)
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -762,6 +766,11 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         if pixel_values.ndim != 4:
             raise ValueError(
                 f"`pixel_values` must have shape (num_images, 3, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if self.image_tower is None:
+            raise ValueError(
+                "This model has no image tower (a video-only checkpoint: `has_image_tower=False`, its original config "
+                "names no `mm_image_tower`); it takes videos only."
             )
         _, pooled = self._encode_frames(self.image_tower, pixel_values)
         if self.config.bridge_output == "memories":  # VideoLLaMB_Mem: the image's refreshed memory

@@ -263,7 +263,7 @@ def original_keys(config) -> list[str]:
 
 def original_state_dict(model) -> dict:
     """`model`'s weights under the authors' key names, with their 2-row-smaller vocabulary (no placeholders)."""
-    from .convert_videollamb_original_to_hf import convert_original_key
+    from .original_format import convert_original_key
 
     ours = model.state_dict()
     inverse = {convert_original_key(k): k for k in original_keys(model.config)}
@@ -350,7 +350,7 @@ def save_tiny_original_repo(
     tokenizer_config = json.loads((repo / "tokenizer_config.json").read_text())
     tokenizer_config.update(pad_token="<unk>", padding_side="right", model_max_length=2048)
     (repo / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    from .convert_videollamb_original_to_hf import MEM_VARIANT_FIELDS
+    from .original_format import MEM_VARIANT_FIELDS
 
     if variant not in ("main", "mem"):
         raise ValueError(f"`variant` must be 'main' or 'mem', got {variant!r}.")
