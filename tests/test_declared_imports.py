@@ -115,7 +115,7 @@ def iter_imports(source: str, first_line: int = 1, in_script: bool = False):
                 yield from (
                     (module, inner_line, True)
                     for module, inner_line, _ in iter_imports(textwrap.dedent(text), line, True)
-                    if module != _FSTRING_VALUE
+                    if _FSTRING_VALUE not in module
                 )
 
 
@@ -166,7 +166,9 @@ def find_undeclared(files, declared=None, installed_extras=None, optional=OPTION
             continue
         if any(normalize(dist) in wanted for dist in dists):
             continue
-        elsewhere = sorted(extra for extra, names in declared.items() if extra and {normalize(d) for d in dists} & names)
+        elsewhere = sorted(
+            extra for extra, names in declared.items() if extra and {normalize(d) for d in dists} & names
+        )
         note = f"declared only in extra(s) {', '.join(elsewhere)}" if elsewhere else "declared nowhere"
         problems.append(
             f"{module} (distribution {', '.join(sorted(set(dists)))}; {note}): imported at {places}; declare it in "
@@ -228,5 +230,7 @@ def test_the_check_reports_undeclared_and_missing_modules(tmp_path):
     assert f"{fake}:13 (in a script string)" in undeclared
     # A module declared only in an extra the README does not install is reported as such.
     declared = {"": {"torch"}, "test": set(), "train": {normalize(d) for d in _module_distributions()[module]}}
-    (only_extra,) = find_undeclared([fake, fake.parent / "conftest.py"], declared=declared, installed_extras=["test"], optional={missing: ""})
+    (only_extra,) = find_undeclared(
+        [fake, fake.parent / "conftest.py"], declared=declared, installed_extras=["test"], optional={missing: ""}
+    )
     assert "declared only in extra(s) train" in only_extra

@@ -329,3 +329,52 @@ def test_the_papers_niavh_model_runs_the_grid_at_one_frame_per_second(haystack, 
         runs.append([json.loads(line) for line in out.read_text().splitlines()])
     assert [r["frames"] for r in runs[0]] == [5, 11]  # one per second, as the original's NIAVH runner feeds it
     assert strip(runs[0]) == strip(runs[1])
+
+
+def _bad_needles(tmp_path):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes((VIDEOS / "readingsky.mp4").read_bytes()[:300])
+    return [
+        ("image", str(tmp_path / "missing.png"), FileNotFoundError, "not found"),
+        ("image", str(not_an_image), ValueError, "cannot be read as an image"),
+        ("image", str(VIDEOS / "readingsky.mp4"), ValueError, "cannot be read as an image"),  # wrong kind
+        ("video", str(VIDEOS / "readingsky.png"), ValueError, "cannot be decoded as a video"),  # wrong kind
+        ("video", str(truncated), ValueError, "cannot be decoded as a video"),
+        ("video", str(tmp_path / "missing.mp4"), FileNotFoundError, "not found"),
+    ]
+
+
+def test_a_bad_needle_is_a_clear_error_at_construction(tmp_path):
+    for modality, content, error, message in _bad_needles(tmp_path):
+        with pytest.raises(error, match=message) as raised:
+            Needle(modality, content)
+        assert content in str(raised.value)
+    for text in ("", "   \n"):
+        with pytest.raises(ValueError, match="text needle is empty"):
+            Needle("text", text)
+    # Good ones are checked up front too: the image is already read, the video already opened.
+    assert Needle("image", str(VIDEOS / "readingsky.png"))._image.ndim == 3
+    assert Needle("video", str(VIDEOS / "readingsky.mp4")).duration > 0
+
+
+def test_the_command_line_checks_the_needle_before_loading_the_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # The model named does not exist: were it loaded first, the error would be about it.
+    for modality, content, _, message in _bad_needles(tmp_path)[:4]:
+        out = tmp_path / f"run-{modality}-{Path(content).name}"
+        run = subprocess.run(
+            [sys.executable, "-m", "videollamb_hf", "niavh", "--model", str(tmp_path / "no-such-model"),
+             "--haystack", str(VIDEOS / "sample_demo_1.mp4"), "--needle-modality", modality, "--needle", content,
+             "--output-dir", str(out), "--quiet"],
+            capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        )  # fmt: skip
+        assert run.returncode == 2, run.stderr[-2000:]
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("videollamb-hf niavh: error:"), run.stderr[-2000:]
+        assert content in lines[0] and message in lines[0]
+        assert "Traceback" not in run.stderr and not out.exists()

@@ -274,10 +274,13 @@ def original_state_dict(model) -> dict:
     return state
 
 
-def _languagebind_folder(directory, tower, config, temporal: bool, kind: str | None = None) -> None:
+def _languagebind_folder(
+    directory, tower, config, temporal: bool, kind: str | None = None, lora: dict | None = None
+) -> None:
     """A LanguageBind-layout (or, with `kind="clip"`, OpenAI CLIP-layout) folder: a whole CLIP config
     (`vision_config` + `text_config`) and `model.safetensors` with `vision_model.*` (the tower), a text half and
-    the projections."""
+    the projections. `lora` (`{"r": ..., "alpha": ...}`): the encoder as `LanguageBindImage` saves it LoRA-wrapped
+    (see `lora_wrap_encoder_state`), with `lora_r` / `lora_alpha` in its config."""
     import json
     from pathlib import Path
 
@@ -286,8 +289,9 @@ def _languagebind_folder(directory, tower, config, temporal: bool, kind: str | N
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vision = {k: getattr(config, k) for k in TINY_TOWER}
-    vision.update(add_time_attn=temporal, num_frames=8, lora_r=0, lora_alpha=16, lora_dropout=0.0,
-                  force_patch_dropout=0.0, video_decode_backend="decord")  # fmt: skip
+    vision.update(add_time_attn=temporal, num_frames=8, lora_r=lora["r"] if lora else 0,
+                  lora_alpha=lora["alpha"] if lora else 16, lora_dropout=0.0, force_patch_dropout=0.0,
+                  video_decode_backend="decord")  # fmt: skip
     text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
             "vocab_size": 100, "max_position_embeddings": 77, "projection_dim": 32}  # fmt: skip
     kind = kind or ("LanguageBindVideo" if temporal else "LanguageBindImage")
@@ -308,6 +312,8 @@ def _languagebind_folder(directory, tower, config, temporal: bool, kind: str | N
                         "image_std": [0.26862954, 0.26130258, 0.27577711], "size": size}  # fmt: skip
         (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     state = {f"vision_model.{k}": v.contiguous().clone() for k, v in tower.state_dict().items()}
+    if lora:
+        state = lora_wrap_encoder_state(state, "vision_model.encoder.", lora["r"], lora["alpha"])
     generator = torch.Generator().manual_seed(1)
     state["text_model.embeddings.token_embedding.weight"] = torch.randn(100, 32, generator=generator)
     state["text_model.final_layer_norm.weight"] = torch.ones(32)
@@ -317,8 +323,43 @@ def _languagebind_folder(directory, tower, config, temporal: bool, kind: str | N
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
+def lora_wrap_encoder_state(state: dict, encoder_prefix: str, rank: int, lora_alpha: float, seed: int = 2) -> dict:
+    """`state` as PEFT saves a LoRA-wrapped encoder (LanguageBindImage with `lora_r != 0`): every key under
+    `encoder_prefix` moves below `base_model.model.`; each `self_attn.{q,k,v,out}_proj` becomes `base_layer.{weight,
+    bias}` + random nonzero `lora_A.default.weight` (r, in) / `lora_B.default.weight` (out, r), with the base weight
+    chosen so that the merged `W + (lora_alpha / r) * B @ A` is the original weight (to float32 rounding)."""
+    generator = torch.Generator().manual_seed(seed)
+    wrapped = {}
+    for key, value in state.items():
+        if not key.startswith(encoder_prefix):
+            wrapped[key] = value
+            continue
+        inner = key.removeprefix(encoder_prefix)
+        base = f"{encoder_prefix}base_model.model."
+        module, _, leaf = inner.rpartition(".")
+        if module.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "out_proj") and ".self_attn." in f".{module}":
+            if leaf == "weight":
+                lora_a = 0.3 * torch.randn(rank, value.shape[1], generator=generator)
+                lora_b = 0.3 * torch.randn(value.shape[0], rank, generator=generator)
+                wrapped[f"{base}{module}.base_layer.weight"] = value - (lora_alpha / rank) * (lora_b @ lora_a)
+                wrapped[f"{base}{module}.lora_A.default.weight"] = lora_a
+                wrapped[f"{base}{module}.lora_B.default.weight"] = lora_b
+            else:
+                wrapped[f"{base}{module}.base_layer.{leaf}"] = value
+        else:
+            wrapped[f"{base}{inner}"] = value
+    return wrapped
+
+
 def save_tiny_original_repo(
-    directory, seed: int = 0, include_towers: bool = True, num_shards: int = 2, variant: str = "main"
+    directory,
+    seed: int = 0,
+    include_towers: bool = True,
+    num_shards: int = 2,
+    variant: str = "main",
+    tower: dict | None = None,
+    image_tower: bool = True,
+    image_tower_lora: dict | None = None,
 ) -> dict:
     """A tiny checkpoint in the authors' LLaVA layout, as `ColorfulAI/VideoLLaMB` is on the Hub (real field and key
     names, tiny sizes): flat `llava_llama` config.json with `mm_*` fields and the towers named as
@@ -331,6 +372,12 @@ def save_tiny_original_repo(
     `variant="mem"` writes the `ColorfulAI/VideoLLaMB_Mem` layout instead: the video tower a plain CLIP
     (`./checkpoints/clip-vit-large-patch14-336`, an OpenAI-CLIP-layout folder), `abs_vid_pe` in the bridge, and
     the tiny bridge pools the 4 x 4 patch grid to 3 x 3 (overlapping windows, as 24 -> 14).
+
+    `tower`: fields of both towers that differ from `TINY_TOWER` (e.g. `{"hidden_size": 128,
+    "num_attention_heads": 2, "intermediate_size": 256}`; the bridge takes the same width). `image_tower=False`: a
+    video-only checkpoint (no `mm_image_tower`, `X: ["VIDEO"]`, no image-tower weights or folder), as MM-NIAVH
+    writes VideoLLaMB_Mem. `image_tower_lora` (`{"r": 2, "alpha": 16}`): the image encoder LoRA-wrapped as
+    `LanguageBindImage` saves it (`lora_wrap_encoder_state`), in the checkpoint and in its tower folder.
 
     Returns a dict: `repo` (the checkpoint folder), `video_tower`, `image_tower` (the tower folders), `model` (the
     HF-layout model whose weights were written, vocabulary 402).
@@ -355,9 +402,11 @@ def save_tiny_original_repo(
     if variant not in ("main", "mem"):
         raise ValueError(f"`variant` must be 'main' or 'mem', got {variant!r}.")
     vocab = 400
-    extra = {}
+    tower = dict(TINY_TOWER, **(tower or {}))
+    extra = {"vision_config": dict(tower), "image_config": dict(tower, model_type="clip_vision_model"),
+             "bridge_hidden_size": tower["hidden_size"]}  # fmt: skip
     if variant == "mem":
-        extra = dict(MEM_VARIANT_FIELDS, pooled_grid_size=3, vision_config=dict(TINY_TOWER, add_time_attn=False))
+        extra.update(MEM_VARIANT_FIELDS, pooled_grid_size=3, vision_config=dict(tower, add_time_attn=False))
     config = get_tiny_config(
         text_config=dict(TINY_TEXT, vocab_size=vocab + 2), video_token_id=vocab, image_token_id=vocab + 1, **extra
     )
@@ -370,6 +419,12 @@ def save_tiny_original_repo(
     state = original_state_dict(model)
     if not include_towers:
         state = {k: v for k, v in state.items() if ".video_tower." not in k and ".image_tower." not in k}
+    if not image_tower:
+        state = {k: v for k, v in state.items() if ".image_tower." not in k}
+    elif image_tower_lora:
+        state = lora_wrap_encoder_state(
+            state, "model.image_tower.image_tower.encoder.", image_tower_lora["r"], image_tower_lora["alpha"]
+        )
     text = config.text_config
     video_name = "clip-vit-large-patch14-336" if variant == "mem" else "LanguageBind_Video_merge"
     video_path = f"./checkpoints/{video_name}"
@@ -397,6 +452,9 @@ def save_tiny_original_repo(
         "videollamb_hf": {"num_memory_tokens": config.num_memory_tokens, "pooled_grid_size": config.pooled_grid_size,
                           "tower_chunk_size": config.tower_chunk_size},
     }  # fmt: skip
+    if not image_tower:
+        flat["X"] = ["VIDEO"]
+        del flat["mm_image_tower"]
     (repo / "config.json").write_text(json.dumps(flat, indent=2))
     keys = sorted(state)
     shards = [keys[i::num_shards] for i in range(num_shards)]
@@ -411,13 +469,16 @@ def save_tiny_original_repo(
     towers = root / "checkpoints"
     kind = "clip" if variant == "mem" else None
     _languagebind_folder(towers / video_name, model.model.video_tower, config.vision_config, variant == "main", kind)
-    _languagebind_folder(towers / "LanguageBind_Image", model.model.image_tower, config.image_config, False)
+    if image_tower:
+        _languagebind_folder(towers / "LanguageBind_Image", model.model.image_tower, config.image_config, False,
+                             lora=image_tower_lora)  # fmt: skip
     return {"repo": str(repo), "video_tower": str(towers / video_name),
             "image_tower": str(towers / "LanguageBind_Image"), "root": str(root), "model": model}  # fmt: skip
 
 
 __all__ = [
     "DecodeWatchdog",
+    "lora_wrap_encoder_state",
     "original_keys",
     "original_state_dict",
     "save_tiny_original_repo",

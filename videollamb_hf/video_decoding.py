@@ -7,8 +7,9 @@ the choice is made per sample from the index. Frames that are not kept are never
 returned are the frames a full decode gives at the same indices (presentation order).
 
 Bad input raises `FileNotFoundError` (missing file) or [`VideoDecodingError`] (a `ValueError`: directory, empty,
-corrupt or truncated file, audio-only file, image file, unsupported URL scheme) naming the input; a corrupt frame
-in the middle of a good video is replaced by the next decodable frame, with a warning.
+corrupt or truncated file, audio-only file, image file, unsupported URL scheme) naming the input; a sampled frame
+of a good video that cannot be decoded is replaced by the next frame after it that decodes, or, where none after it
+decodes (the end of the stream), by the last frame decoded before it, with a warning either way.
 """
 
 import collections

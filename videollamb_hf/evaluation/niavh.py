@@ -87,10 +87,41 @@ class Needle:
     description: str = DEFAULT_NEEDLE_DESCRIPTION
 
     def __post_init__(self):
+        """Checks the needle at once (before any model is loaded): a text must be non-empty, an image file must open
+        as an image and a video file must decode.
+
+        Raises:
+            `ValueError` (a bad modality, an empty text, a file of the wrong kind or that cannot be read) or
+            `FileNotFoundError` (no such file), naming the file.
+        """
         if self.modality not in ("text", "image", "video"):
             raise ValueError(f"Needle modality must be 'text', 'image' or 'video', got {self.modality!r}.")
         self._image = None
         self._video = None
+        if self.modality == "text":
+            if not isinstance(self.content, str) or not self.content.strip():
+                raise ValueError(f"The text needle is empty ({self.content!r}): give the text to insert.")
+            return
+        path = Path(self.content)
+        if not path.is_file():
+            raise FileNotFoundError(f"Needle {self.modality} file not found: {self.content}")
+        if self.modality == "image":
+            try:
+                with Image.open(path) as image:
+                    self._image = np.asarray(image.convert("RGB"))
+            except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+                raise ValueError(f"Needle image {self.content} cannot be read as an image: {error}") from None
+            return
+        from ..video_decoding import VideoDecodingError
+
+        try:
+            reader, _, times = self._video_index()
+            if len(times) == 0:
+                raise VideoDecodingError("it has no decodable frame")
+            reader.get_frames([0])
+        except (OSError, ValueError) as error:  # VideoDecodingError is a ValueError
+            self._video = None
+            raise ValueError(f"Needle video {self.content} cannot be decoded as a video: {error}") from None
 
     def digest(self) -> str:
         """sha256 of what defines the needle's pixels (its modality and text, or its file's bytes)."""
@@ -124,8 +155,6 @@ class Needle:
             draw.text((x, y), self.content, fill=(255, 255, 255), font=font)
             return np.asarray(image)
         if self.modality == "image":
-            if self._image is None:
-                self._image = np.asarray(Image.open(self.content).convert("RGB"))
             return _paste_centred(frame, self._image)
         reader, _, times = self._video_index()
         index = int(np.clip(np.searchsorted(times, seconds_into_needle, side="right") - 1, 0, len(times) - 1))
@@ -602,9 +631,10 @@ def main(argv=None) -> int:
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo across the launched processes
     device = args.device or (f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu")
     try:
-        pipe = pipeline("video-text-to-text", model=args.model, device=device)
+        # The inputs first: a bad needle or haystack file is an error before the model loads (minutes at 7B).
         haystack = Haystack(args.haystack)
         needle = Needle(args.needle_modality, args.needle, args.needle_description)
+        pipe = pipeline("video-text-to-text", model=args.model, device=device)
     except (OSError, ValueError) as error:
         print(f"videollamb-hf niavh: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
