@@ -14,6 +14,16 @@ VIDEOS = SHARED / "data" / "videos"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def tiny_video_inputs(config, seed: int = 0, frames: int = 16) -> dict:
+    """A prompt with one video's placeholder slots and random 16 x 16 px frames, for the tiny checkpoints."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = [1, 5, 6, 7] + [config.video_token_id] * config.video_seq_length + [8, 9, 10]
+    return {
+        "input_ids": torch.tensor([ids]),
+        "pixel_values_videos": torch.randn(1, frames, 3, 16, 16, generator=generator),
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     return get_tiny_config()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import tiny_video_inputs
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -55,15 +56,6 @@ def _expected_state(model) -> dict:
         rows = state[key][:400]
         state[key] = torch.cat([rows, rows.mean(0, keepdim=True).expand(2, -1)])
     return state
-
-
-def _video_inputs(config, seed=0, frames=16):
-    generator = torch.Generator().manual_seed(seed)
-    ids = [1, 5, 6, 7] + [config.video_token_id] * config.video_seq_length + [8, 9, 10]
-    return {
-        "input_ids": torch.tensor([ids]),
-        "pixel_values_videos": torch.randn(1, frames, 3, 16, 16, generator=generator),
-    }
 
 
 def test_config_is_translated(in_root):
@@ -238,7 +230,7 @@ def test_direct_load_generates_from_a_real_video(in_root):
 
 def _logits(model, config, seed=0):
     with torch.no_grad():
-        return model(**_video_inputs(config, seed)).logits
+        return model(**tiny_video_inputs(config, seed)).logits
 
 
 def test_conversion_round_trip_is_exact(tmp_path, in_root):
@@ -337,7 +329,7 @@ torch.save({"logits": logits, "ids": ids, "module": type(model).__module__}, out
 def test_remote_code_loads_in_isolation_with_identical_logits(tmp_path, in_root):
     output = convert_original_checkpoint(in_root["repo"], tmp_path / "remote")
     model = AutoModelForImageTextToText.from_pretrained(str(output))
-    inputs = _video_inputs(model.config, seed=3)
+    inputs = tiny_video_inputs(model.config, seed=3)
     torch.save(inputs, tmp_path / "inputs.pt")
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
     script = tmp_path / "isolated.py"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_video_inputs
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -29,15 +30,6 @@ def _checkpoint_tensors(repo) -> dict:
     for shard in sorted(Path(repo).glob("*.safetensors")):
         state.update(load_file(str(shard)))
     return state
-
-
-def _video_inputs(config, seed=0, frames=16):
-    generator = torch.Generator().manual_seed(seed)
-    ids = [1, 5, 6, 7] + [config.video_token_id] * config.video_seq_length + [8, 9, 10]
-    return {
-        "input_ids": torch.tensor([ids]),
-        "pixel_values_videos": torch.randn(1, frames, 3, 16, 16, generator=generator),
-    }
 
 
 def _offline(tmp_path) -> dict:
@@ -184,7 +176,7 @@ def wide_repo(tmp_path_factory):
 
 def _logits(model, config):
     with torch.no_grad():
-        return model(**_video_inputs(config)).logits
+        return model(**tiny_video_inputs(config)).logits
 
 
 def test_towers_unreadable_offline_are_derived_from_the_checkpoint_tensors(wide_repo, tmp_path, monkeypatch, caplog):
@@ -261,7 +253,7 @@ def test_video_only_mem_checkpoint_loads_without_an_image_tower(video_only, tmp_
     monkeypatch.chdir(full["root"])
     with_image = AutoModelForImageTextToText.from_pretrained(full["repo"]).eval()
     assert with_image.model.image_tower is not None
-    inputs = _video_inputs(model.config)
+    inputs = tiny_video_inputs(model.config)
     with torch.no_grad():
         ours, expected = model(**inputs).logits, with_image(**inputs).logits
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
@@ -283,6 +275,6 @@ def test_video_only_checkpoint_converts_and_reloads(video_only, tmp_path, monkey
     reloaded = AutoModelForImageTextToText.from_pretrained(output).eval()
     assert not reloaded.config.has_image_tower and reloaded.model.image_tower is None
     direct = AutoModelForImageTextToText.from_pretrained(video_only["repo"]).eval()
-    inputs = _video_inputs(direct.config)
+    inputs = tiny_video_inputs(direct.config)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, direct(**inputs).logits, rtol=0, atol=0)

@@ -199,12 +199,13 @@ def _fetch(source: str, filename: str) -> str | None:
         return None
 
 
-def languagebind_vision_config(source: str | None, name: str) -> dict | None:
-    """The `vision_config` fields of a LanguageBind (or CLIP) folder / repo, or None where no config can be read
-    (absent, offline, not cached). `lora_r` / `lora_alpha` (LanguageBind's LoRA wrapping) are kept for the caller."""
+def languagebind_vision_config(source: str | None, name: str, defaults: dict | None = None) -> dict | None:
+    """The `vision_config` fields of a LanguageBind (or CLIP) folder / repo; where no config can be read (absent,
+    offline, not cached): `defaults` (a published architecture) if given, else None. `lora_r` / `lora_alpha`
+    (LanguageBind's LoRA wrapping) are kept for the caller."""
     path = _fetch(source, "config.json") if source else None
     if path is None:
-        return None
+        return None if defaults is None else dict(defaults)
     with open(path, encoding="utf-8") as file:
         config = json.load(file)
     vision = config.get("vision_config", config)
@@ -322,6 +323,7 @@ class _RefuseLoraSplit(ConversionOps):
 # checkpoint's tower weights tell the architecture, but for the number of attention heads: ViT's head width of 64
 # (`heads = width // 64`), which the released LanguageBind / CLIP towers follow, is assumed.
 VIT_HEAD_WIDTH = 64
+LANGUAGEBIND_TEMPORAL_GROUP_SIZE = 8  # LanguageBind_Video_merge's `num_frames`: frames per temporal attention
 _TOWER_PREFIXES = {
     "video_tower": ("model.video_tower.video_tower.vision_model.", "model.video_tower.video_tower."),
     "image_tower": ("model.image_tower.image_tower.vision_model.", "model.image_tower.image_tower."),
@@ -365,6 +367,10 @@ def tower_config_from_shapes(shapes: dict, tower: str, name: str, source: str | 
     if prefix is None:
         return None
     keys = {unwrap_lora_key(k.removeprefix(prefix)): v for k, v in shapes.items() if k.startswith(prefix)}
+    needed = ("embeddings.patch_embedding.weight", "embeddings.position_embedding.weight",
+              "encoder.layers.0.mlp.fc1.weight")  # fmt: skip
+    if not all(key in keys for key in needed):
+        return None
     width, channels, patch, _ = keys["embeddings.patch_embedding.weight"]
     positions = keys["embeddings.position_embedding.weight"][0]
     grid = math.isqrt(positions - 1)
@@ -378,7 +384,10 @@ def tower_config_from_shapes(shapes: dict, tower: str, name: str, source: str | 
         "patch_size": patch,
     }
     temporal = any(".temporal_attn." in k for k in keys)
-    architecture = {k: defaults[k] for k in derived}
+    if "encoder.layers.0.temporal_embedding" in keys:  # (1, frames per temporal group, width)
+        derived["temporal_group_size"] = keys["encoder.layers.0.temporal_embedding"][1]
+    architecture = dict(defaults, temporal_group_size=LANGUAGEBIND_TEMPORAL_GROUP_SIZE)
+    architecture = {k: architecture[k] for k in derived}
     if derived == architecture:
         logger.info("%s: no tower config found (%s); the checkpoint's tensors match the published architecture.",
                     name, source)  # fmt: skip
