@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("eval", help="multiple-choice benchmarks (EgoSchema, NExT-QA, MVBench, EgoPlan, Video-MME)",
                         add_help=False)  # fmt: skip
     commands.add_parser("niavh", help="Needle in a Video Haystack over a length x depth grid", add_help=False)
+    export = commands.add_parser(
+        "export-lm",
+        help="the language model as a plain LlamaForCausalLM folder for vLLM (prompt embeddings)",
+        description="Write the language model of a VideoLLaMB repo (native or the authors' layout) as a plain "
+        "LlamaForCausalLM folder that vLLM serves with --enable-prompt-embeds; the two placeholder rows are dropped.",
+    )
+    export.add_argument("model", help="hub id or folder of a VideoLLaMB checkpoint")
+    export.add_argument("output", help="folder to write (must be empty or absent, unless --overwrite)")
+    export.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                        help="dtype of the written weights (default: the checkpoint's)")  # fmt: skip
+    export.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     tiny = commands.add_parser("make-tiny", help="write a tiny random VideoLLaMB folder (offline tries)")
     tiny.add_argument("directory")
     tiny.add_argument("--original-layout", action="store_true", help="in the authors' LLaVA layout instead")
@@ -339,8 +351,22 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+def cmd_export_lm(args) -> int:
+    import videollamb_hf  # noqa: F401  (registers the authors' layout too)
+
+    from .serving import export_language_model
+
+    try:
+        output = export_language_model(args.model, args.output, dtype=None if args.dtype == "auto" else args.dtype,
+                                       max_shard_size=args.max_shard_size, overwrite=args.overwrite)  # fmt: skip
+    except (FileExistsError, FileNotFoundError, ValueError, OSError) as error:
+        raise CommandError(str(error).splitlines()[0]) from None
+    print(output)
+    return 0
+
+
 COMMANDS = {"describe": cmd_describe, "chat": cmd_chat, "stream": cmd_stream, "demo": cmd_demo,
-            "make-tiny": cmd_make_tiny}  # fmt: skip
+            "make-tiny": cmd_make_tiny, "export-lm": cmd_export_lm}  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,232 @@
+"""Serving VideoLLaMB's language model on vLLM through prompt embeddings.
+
+vLLM's multimodal processors must know the number of visual tokens before the model runs; VideoLLaMB's depends on
+SceneTilling over the tower's output (the used slots). vLLM does accept *prompt embeddings*, and the language model
+fed the compact sequence (the text embeddings with the used visual tokens in place, the unused slots dropped)
+computes exactly what this package's holed-slot sequence computes. So this package encodes (towers, SceneTilling,
+bridge, projector, the language model's embedding table) and vLLM runs the language model:
+
+- `export_language_model` (`videollamb-hf export-lm MODEL OUTPUT`): the language model as a plain
+  `LlamaForCausalLM` folder vLLM loads;
+- `build_prompt_embeds` / `build_prompt_embeds_batch`: the compact `(seq_len, hidden)` sequence of a chat;
+- `encode_prompt_embeds`: vLLM's documented wire format for them (base64 of a `torch.save`d tensor, the
+  `prompt_embeds` field of a Completions request).
+"""
+
+import base64
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .modeling_videollamb import VideoLlambForConditionalGeneration
+
+
+logger = logging.getLogger(__name__)
+
+EXPORT_README = """# The language model of a VideoLLaMB checkpoint, for vLLM
+
+Exported from `{source}` with `videollamb-hf export-lm` (videollamb_hf {version}): the LLaMA decoder and LM head of
+VideoLLaMB as a plain `LlamaForCausalLM` ({dtype}, {num_layers} layers, hidden {hidden}).
+
+- It is meant to be served with prompt embeddings (`vllm serve {name} --enable-prompt-embeds`, or
+  `python -m vllm.entrypoints.openai.api_server --model {name} --enable-prompt-embeds`): videollamb_hf encodes each
+  video (towers, SceneTilling, memory bridge, projector) and sends the compact sequence of embeddings
+  (`videollamb_hf.serving.build_prompt_embeds`).
+- The two placeholder rows of VideoLLaMB's vocabulary (`<video>` id {video_token_id}, `<image>` id
+  {image_token_id}) are dropped from `embed_tokens` and `lm_head`: they are input-only (the model writes visual
+  tokens into those slots, never their embeddings) and `generate` never emits them. The vocabulary is
+  {vocab_size} rows; every other id and row is unchanged. The tokenizer still knows the two placeholder tokens (so
+  that it decodes every id the same); the model never produces them.
+- Fed text ids alone, it is the same language model as VideoLLaMB's on text.
+"""
+
+
+def _placeholder_rows(config) -> list[int]:
+    ids = sorted({config.video_token_id, config.image_token_id})
+    vocab = config.text_config.vocab_size
+    if ids != [vocab - 2, vocab - 1]:
+        raise ValueError(
+            f"The placeholders (`<video>` {config.video_token_id}, `<image>` {config.image_token_id}) are not the last "
+            f"two rows of the {vocab}-row vocabulary: dropping them would renumber other tokens."
+        )
+    return ids
+
+
+def export_language_model(
+    model: str | os.PathLike | VideoLlambForConditionalGeneration,
+    output: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+    **load_kwargs,
+) -> Path:
+    """Write the language model of a VideoLLaMB repo (native or the authors' layout) as a plain `LlamaForCausalLM`
+    folder: config, safetensors shards, tokenizer, generation config and a README. The placeholder rows are dropped
+    from `embed_tokens` and `lm_head` (see `EXPORT_README`).
+
+    Args:
+        model: a repo id / folder, or a loaded [`VideoLlambForConditionalGeneration`].
+        output: the folder to write (must be empty or absent unless `overwrite`); written beside it first and
+            renamed at the end, so that a failure never leaves a folder that looks complete.
+        dtype: of the written weights (default: the checkpoint's).
+        max_shard_size: largest safetensors shard.
+        load_kwargs: passed to `from_pretrained` (e.g. `video_tower=`, `local_files_only=`).
+
+    Returns:
+        The output folder.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import __version__
+
+    output = Path(output).absolute()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it.")
+    source = str(model) if not isinstance(model, torch.nn.Module) else model.name_or_path
+    if not isinstance(model, torch.nn.Module):
+        model = VideoLlambForConditionalGeneration.from_pretrained(model, dtype=dtype or "auto", **load_kwargs)
+    config = model.config
+    keep = config.text_config.vocab_size - len(_placeholder_rows(config))
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    dtype = model.dtype if dtype in (None, "auto") else dtype
+    text_config = config.text_config.__class__.from_dict(config.text_config.to_dict())
+    text_config.vocab_size = keep
+    text_config.architectures = ["LlamaForCausalLM"]
+    text_config.dtype = dtype
+    state = {f"model.{k}": v for k, v in model.model.language_model.state_dict().items()}
+    state["lm_head.weight"] = model.lm_head.weight
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[key] = state[key][:keep]
+    state = {k: v.detach().to(dtype).contiguous() for k, v in state.items()}
+    with torch.device("meta"):
+        language_model = AutoModelForCausalLM.from_config(text_config, dtype=dtype)
+    language_model.load_state_dict(state, strict=True, assign=True)
+    language_model.generation_config = model.generation_config
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.incomplete-", dir=output.parent))
+    try:
+        language_model.save_pretrained(staging, max_shard_size=max_shard_size)
+        tokenizer = AutoTokenizer.from_pretrained(source, **_tokenizer_kwargs(load_kwargs)) if source else None
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        (staging / "README.md").write_text(
+            EXPORT_README.format(
+                source=source,
+                version=__version__,
+                dtype=str(dtype).removeprefix("torch."),
+                name=output.name,
+                num_layers=text_config.num_hidden_layers,
+                hidden=text_config.hidden_size,
+                vocab_size=keep,
+                video_token_id=config.video_token_id,
+                image_token_id=config.image_token_id,
+            ),  # fmt: skip
+            encoding="utf-8",
+        )
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.warning("Exported the language model of %s -> %s (%d-row vocabulary, %s).", source, output, keep, dtype)
+    return output
+
+
+def _tokenizer_kwargs(load_kwargs: dict) -> dict:
+    names = ("cache_dir", "token", "local_files_only", "revision", "subfolder")
+    return {k: v for k, v in load_kwargs.items() if k in names and v is not None}
+
+
+@torch.no_grad()
+def prompt_embeds_from_inputs(model: VideoLlambForConditionalGeneration, inputs) -> list[torch.Tensor]:
+    """The compact sequences of a processed batch: each sample's text embeddings with its used visual tokens in
+    place, its unused video slots and its padding dropped.
+
+    Args:
+        model: a [`VideoLlambForConditionalGeneration`] (or [`VideoLlambModel`]).
+        inputs: the processor's output (`input_ids`, `attention_mask`, `pixel_values_videos`, `pixel_values`,
+            `video_frames_mask`), or `video_features` instead of `pixel_values_videos`.
+
+    Returns:
+        One `(seq_len_i, text_hidden_size)` tensor per sample, in the language model's embedding dtype.
+    """
+    backbone = getattr(model, "model", model)
+    device = backbone.get_input_embeddings().weight.device
+    input_ids = inputs["input_ids"].to(device)
+    attention_mask = inputs.get("attention_mask")
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    embeds = backbone.get_input_embeddings()(input_ids)
+    video_features = inputs.get("video_features")
+    if inputs.get("pixel_values_videos") is not None:
+        frames_mask = inputs.get("video_frames_mask")
+        video_features = backbone.get_video_features(
+            inputs["pixel_values_videos"].to(device, backbone.dtype),
+            None if frames_mask is None else frames_mask.to(device),
+        )
+    image_features = None
+    if inputs.get("pixel_values") is not None:
+        image_features = backbone.get_image_features(inputs["pixel_values"].to(device, backbone.dtype))
+    embeds, slot_mask = backbone._merge_visual_tokens(input_ids, embeds, video_features, image_features)
+    keep = attention_mask.bool()
+    if slot_mask is not None:
+        keep &= slot_mask.to(keep.device)
+    return [embeds[i][keep[i]] for i in range(embeds.shape[0])]
+
+
+def build_prompt_embeds_batch(model, processor, conversations: list, **processor_kwargs) -> list[torch.Tensor]:
+    """`build_prompt_embeds` for several chats in one encoder call (the processor pads, the towers and the bridge
+    run over the batch): one `(seq_len_i, hidden)` tensor per chat."""
+    processor_kwargs = dict(processor_kwargs)
+    processor_kwargs.setdefault("padding", len(conversations) > 1)
+    inputs = processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs=processor_kwargs,
+    )  # fmt: skip
+    return prompt_embeds_from_inputs(model, inputs)
+
+
+def build_prompt_embeds(model, processor, messages: list[dict], **processor_kwargs) -> torch.Tensor:
+    """The compact `(seq_len, text_hidden_size)` prompt of one chat (`messages` as for `apply_chat_template`, the
+    generation prompt added): what vLLM's `prompt_embeds` take. Its greedy continuation under the exported language
+    model equals `model.generate` on the same messages."""
+    return build_prompt_embeds_batch(model, processor, [messages], **processor_kwargs)[0]
+
+
+def encode_prompt_embeds(embeds: torch.Tensor) -> str:
+    """vLLM's wire format for prompt embeddings: base64 of the `torch.save`d `(seq_len, hidden)` tensor (the
+    `prompt_embeds` field of a `/v1/completions` request)."""
+    if embeds.ndim != 2:
+        raise ValueError(f"Prompt embeddings must be 2D (seq_len, hidden), got shape {tuple(embeds.shape)}.")
+    buffer = io.BytesIO()
+    torch.save(embeds.detach().cpu().contiguous(), buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_prompt_embeds(payload: str) -> torch.Tensor:
+    """The inverse of `encode_prompt_embeds` (tensors only: `torch.load(weights_only=True)`)."""
+    return torch.load(io.BytesIO(base64.b64decode(payload)), weights_only=True)
+
+
+def completion_request(embeds: torch.Tensor, model: str, **options) -> str:
+    """The JSON body of a vLLM `/v1/completions` request on `embeds` (`max_tokens`, `temperature`, `stream`, ...
+    as keyword arguments)."""
+    return json.dumps({"model": model, "prompt_embeds": encode_prompt_embeds(embeds), **options})
+
+
+__all__ = [
+    "build_prompt_embeds",
+    "build_prompt_embeds_batch",
+    "completion_request",
+    "decode_prompt_embeds",
+    "encode_prompt_embeds",
+    "export_language_model",
+    "prompt_embeds_from_inputs",
+]
