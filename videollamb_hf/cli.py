@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("eval", help="multiple-choice benchmarks (EgoSchema, NExT-QA, MVBench, EgoPlan, Video-MME)",
                         add_help=False)  # fmt: skip
     commands.add_parser("niavh", help="Needle in a Video Haystack over a length x depth grid", add_help=False)
+    commands.add_parser("serve", help="an OpenAI-compatible video chat endpoint; the language model runs in vLLM",
+                        add_help=False)  # fmt: skip
     export = commands.add_parser(
         "export-lm",
         help="the language model as a plain LlamaForCausalLM folder for vLLM (prompt embeddings)",
@@ -379,6 +381,10 @@ def main(argv=None) -> int:
         from .evaluation.niavh import main as niavh_main
 
         return niavh_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from .server import main as serve_main
+
+        return serve_main(argv[1:])
     if argv[:1] == ["eval"]:
         from .evaluation.benchmarks import main as evaluation_main
 

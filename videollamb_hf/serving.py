@@ -153,7 +153,7 @@ def prompt_embeds_from_inputs(model: VideoLlambForConditionalGeneration, inputs)
     Args:
         model: a [`VideoLlambForConditionalGeneration`] (or [`VideoLlambModel`]).
         inputs: the processor's output (`input_ids`, `attention_mask`, `pixel_values_videos`, `pixel_values`,
-            `video_frames_mask`), or `video_features` instead of `pixel_values_videos`.
+            `video_frames_mask`), or `video_features` / `image_features` (already encoded) instead of the pixels.
 
     Returns:
         One `(seq_len_i, text_hidden_size)` tensor per sample, in the language model's embedding dtype.
@@ -165,13 +165,13 @@ def prompt_embeds_from_inputs(model: VideoLlambForConditionalGeneration, inputs)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     embeds = backbone.get_input_embeddings()(input_ids)
     video_features = inputs.get("video_features")
+    image_features = inputs.get("image_features")
     if inputs.get("pixel_values_videos") is not None:
         frames_mask = inputs.get("video_frames_mask")
         video_features = backbone.get_video_features(
             inputs["pixel_values_videos"].to(device, backbone.dtype),
             None if frames_mask is None else frames_mask.to(device),
         )
-    image_features = None
     if inputs.get("pixel_values") is not None:
         image_features = backbone.get_image_features(inputs["pixel_values"].to(device, backbone.dtype))
     embeds, slot_mask = backbone._merge_visual_tokens(input_ids, embeds, video_features, image_features)
@@ -200,6 +200,128 @@ def build_prompt_embeds(model, processor, messages: list[dict], **processor_kwar
     return build_prompt_embeds_batch(model, processor, [messages], **processor_kwargs)[0]
 
 
+class PromptEncoder:
+    """Chats -> compact prompt embeddings, with an encoder-output cache: each video or image is keyed by a hash of its
+    bytes and the sampling options, so that every turn of a conversation and every question about the same clip
+    reuses the towers' and the bridge's output. The cache is bounded by the bytes of what it holds (least recently
+    used first out). Thread-safe: the model runs one encoder call at a time (its own intra-op threads do the rest).
+
+    Args:
+        model: a [`VideoLlambForConditionalGeneration`] in eval mode.
+        processor: its [`VideoLlambProcessor`].
+        cache_bytes: the most the cache may hold (0: no cache).
+    """
+
+    def __init__(self, model, processor, cache_bytes: int = 2 << 30):
+        import collections
+        import threading
+
+        self.model, self.processor, self.cache_bytes = model, processor, cache_bytes
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def media_key(kind: str, data: bytes, options: dict) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        return f"{kind}:{digest}:{json.dumps(options, sort_keys=True, default=str)}"
+
+    def _cached(self, key: str):
+        with self._lock:
+            value = self._cache.get(key)
+            if value is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+            return value
+
+    def _store(self, key: str, value: dict) -> None:
+        size = sum(v.numel() * v.element_size() for v in value.values() if isinstance(v, torch.Tensor))
+        with self._lock:
+            self.misses += 1
+            if size > self.cache_bytes:
+                return
+            self._cache[key] = value
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= sum(
+                    v.numel() * v.element_size() for v in old.values() if isinstance(v, torch.Tensor)
+                )
+
+    @torch.no_grad()
+    def _encode_video(self, data: bytes, options: dict) -> dict:
+        key = self.media_key("video", data, options)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        processed = self.processor.video_processor(data, **options)
+        backbone = self.model.model
+        device = backbone.get_input_embeddings().weight.device
+        frames_mask = processed.get("video_frames_mask")
+        with self._lock:
+            features = backbone.get_video_features(
+                processed["pixel_values_videos"].to(device, backbone.dtype),
+                None if frames_mask is None else frames_mask.to(device),
+            )
+        value = {"visual_tokens": features.visual_tokens[:1].detach(), "num_slots_used": features.num_slots_used[:1],
+                 "num_frames": processed["pixel_values_videos"].shape[1]}  # fmt: skip
+        self._store(key, value)
+        return value
+
+    @torch.no_grad()
+    def _encode_image(self, data: bytes) -> dict:
+        from PIL import Image
+
+        key = self.media_key("image", data, {})
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = self.processor.image_processor([image.convert("RGB")], return_tensors="pt")["pixel_values"]
+        backbone = self.model.model
+        device = backbone.get_input_embeddings().weight.device
+        with self._lock:
+            features = backbone.get_image_features(pixels.to(device, backbone.dtype))
+        value = {"image_features": features.detach()}
+        self._store(key, value)
+        return value
+
+    def encode(self, messages: list[dict], media: list[tuple[str, bytes]], options: dict | None = None):
+        """The compact prompt of one chat.
+
+        Args:
+            messages: the chat, with `{"type": "video"}` / `{"type": "image"}` blocks where the media go.
+            media: `(kind, bytes)` per block, in reading order (`kind` is "video" or "image").
+            options: video sampling options (`num_frames`, `fps`, `sampling`, ...).
+
+        Returns:
+            `(embeds, info)`: the `(seq_len, hidden)` tensor and a dict with `frames` (per video) and `cache_hits`.
+        """
+        from .modeling_videollamb import VideoLlambVideoFeatures
+
+        options = dict(options or {})
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids, _ = self.processor._tokenize_prompt(text, add_special_tokens=True)
+        hits_before = self.hits
+        videos = [self._encode_video(data, options) for kind, data in media if kind == "video"]
+        images = [self._encode_image(data) for kind, data in media if kind == "image"]
+        inputs = {"input_ids": torch.tensor([ids], dtype=torch.long)}
+        if videos:
+            inputs["video_features"] = VideoLlambVideoFeatures(
+                visual_tokens=torch.cat([v["visual_tokens"] for v in videos]),
+                num_slots_used=torch.cat([v["num_slots_used"] for v in videos]),
+            )
+        if images:
+            inputs["image_features"] = torch.cat([v["image_features"] for v in images])
+        with self._lock:
+            embeds = prompt_embeds_from_inputs(self.model, inputs)[0]
+        info = {"frames": [v["num_frames"] for v in videos], "cache_hits": self.hits - hits_before}
+        return embeds, info
+
+
 def encode_prompt_embeds(embeds: torch.Tensor) -> str:
     """vLLM's wire format for prompt embeddings: base64 of the `torch.save`d `(seq_len, hidden)` tensor (the
     `prompt_embeds` field of a `/v1/completions` request)."""
@@ -222,6 +344,7 @@ def completion_request(embeds: torch.Tensor, model: str, **options) -> str:
 
 
 __all__ = [
+    "PromptEncoder",
     "build_prompt_embeds",
     "build_prompt_embeds_batch",
     "completion_request",

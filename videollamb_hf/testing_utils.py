@@ -34,6 +34,10 @@ TINY_TEXT = {
 }
 
 
+# A small language model whose attention head size (64) vLLM's CPU attention supports (the tiny one's 8 is not).
+SERVING_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 2}
+
+
 def get_tiny_config(**overrides) -> VideoLlambConfig:
     """A tiny VideoLLaMB: towers of 2 layers and width 32 on 16x16 px frames (patch 4: a 4x4 grid pooled to 2x2),
     LLaMA of hidden 32 and vocabulary 100 (placeholders 98 `<video>` and 99 `<image>`), a bridge of 4 memory tokens.
@@ -189,16 +193,19 @@ def get_tiny_processor(directory):
     )
 
 
-def save_tiny_repo(directory, seed: int = 0) -> str:
+def save_tiny_repo(directory, seed: int = 0, text: dict | None = None) -> str:
     """Write a complete tiny VideoLLaMB folder (random weights): the tiny processor and a tiny model whose
     vocabulary and placeholder ids match its tokenizer. Loadable with `AutoModelForImageTextToText` and
-    `AutoProcessor`; what it generates is noise. Returns the directory."""
+    `AutoProcessor`; what it generates is noise. `text`: language-model fields that differ from `TINY_TEXT` (e.g.
+    `SERVING_TEXT`, whose head size vLLM's CPU attention takes). Returns the directory."""
     import torch
 
     from .modeling_videollamb import VideoLlambForConditionalGeneration
 
     processor = get_tiny_processor(directory)
-    text = dict(TINY_TEXT, vocab_size=len(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id)
+    text = dict(
+        TINY_TEXT, **(text or {}), vocab_size=len(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id
+    )
     config = get_tiny_config(
         text_config=text, video_token_id=processor.video_token_id, image_token_id=processor.image_token_id
     )
