@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -187,6 +188,20 @@ def create_app(model, processor, settings: ServeSettings, encoder: PromptEncoder
 
     app = FastAPI(title="videollamb_hf", docs_url=None, redoc_url=None, lifespan=lifespan)
 
+    def detokenize(token_ids: list[int]) -> str:
+        return processor.decode(token_ids, skip_special_tokens=True)
+
+    vocabulary = processor.tokenizer.get_vocab()
+    byte_tokens = {i for token, i in vocabulary.items() if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token)}
+
+    def stable_length(token_ids: list[int]) -> int:
+        """How many leading tokens decode to text that later tokens cannot change: all but a trailing run of
+        byte-fallback tokens (`<0xE5>`...), which the tokenizer decodes together, valid UTF-8 or replaced."""
+        length = len(token_ids)
+        while length and token_ids[length - 1] in byte_tokens:
+            length -= 1
+        return length
+
     def authorised(request: Request) -> bool:
         return not settings.api_key or request.headers.get("authorization") == f"Bearer {settings.api_key}"
 
@@ -259,8 +274,13 @@ def create_app(model, processor, settings: ServeSettings, encoder: PromptEncoder
             result = response.json()
             choice, usage = result["choices"][0], result.get("usage") or {}
             log(usage.get("completion_tokens"))
+            text = (
+                choice["text"]
+                if "stop" in completion or not choice.get("token_ids")
+                else detokenize(choice["token_ids"])
+            )
             return {"id": request_id, "object": "chat.completion", "created": created, "model": name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": choice["text"]},
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": choice.get("finish_reason"),
                                  # vLLM's extra field (as its own chat API): the generated token ids.
                                  "token_ids": choice.get("token_ids")}],
@@ -280,17 +300,28 @@ def create_app(model, processor, settings: ServeSettings, encoder: PromptEncoder
                 return f"data: {json.dumps(payload)}\n\n"
 
             yield chunk({"role": "assistant", "content": ""})
-            pieces = 0
+            pieces, token_ids, sent = 0, [], ""
+            own_text = "stop" not in completion  # with stop strings, vLLM's text is the truncated one
             try:
                 async for line in upstream.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     choice = json.loads(line[6:])["choices"][0]
-                    if choice.get("text"):
+                    finish = choice.get("finish_reason")
+                    if own_text and choice.get("token_ids") is not None:
+                        # Detokenized here, as `processor.decode` does, so that the chunks join to the non-streamed
+                        # text; a trailing run of byte-fallback tokens waits (it is decoded as one UTF-8 group).
+                        token_ids += choice["token_ids"]
+                        ready = detokenize(token_ids if finish else token_ids[: stable_length(token_ids)])
+                        delta = ready[len(sent) :] if ready.startswith(sent) else ""
+                    else:
+                        delta = choice.get("text") or ""
+                    if delta:
                         pieces += 1
-                        yield chunk({"content": choice["text"]})
-                    if choice.get("finish_reason"):
-                        yield chunk({}, choice["finish_reason"])
+                        sent += delta
+                        yield chunk({"content": delta})
+                    if finish:
+                        yield chunk({}, finish)
             except httpx.HTTPError as error:
                 error_body = {"error": {"message": f"The vLLM backend failed mid-stream: {error}",
                                         "type": "server_error", "param": None, "code": None}}  # fmt: skip
