@@ -139,7 +139,8 @@ def servers(small):
                                     "videollamb-small"), root / "serve.log")  # fmt: skip
         wait_until_up(f"http://127.0.0.1:{port}/health", front, 180, root / "serve.log")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
-        yield {"client": client, "url": f"http://127.0.0.1:{port}", "vllm": vllm, "log": root / "serve.log"}
+        yield {"client": client, "url": f"http://127.0.0.1:{port}", "vllm": vllm, "log": root / "serve.log",
+               "vllm_url": f"http://127.0.0.1:{vllm_port}"}  # fmt: skip
     finally:
         for process in (front, vllm):
             if process is not None:
@@ -242,6 +243,51 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(servers, sm
     assert ask(servers["client"], openai_chat(clip, question))[1] == reference(small, ours(clip, question))
     lines = [line for line in servers["log"].read_text().splitlines() if "chatcmpl-" in line and "encode=" in line]
     assert lines and "frames=[16]" in lines[-1] and "tokens=8" in lines[-1]
+
+
+def _strip(records):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in records]
+
+
+def _read(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@needs_vllm
+def test_eval_and_niavh_with_the_vllm_backend_give_the_transformers_records(servers, small, tmp_path):
+    from transformers import pipeline
+
+    from videollamb_hf.evaluation import evaluate, load_questions
+    from videollamb_hf.evaluation.benchmarks import prepare_inputs
+    from videollamb_hf.evaluation.niavh import Haystack, Needle, run_grid
+    from videollamb_hf.serving import VLLMClient
+
+    model, processor = small["model"], small["processor"]
+    folder = VIDEOS.parent / "benchmarks" / "mvbench"
+    candidates = load_questions("mvbench", folder / "test_q.json", folder / "test_a.json")[:30]
+    video_map = {q.video_name: str(VIDEOS / CHATS[i % len(CHATS)][0]) for i, q in enumerate(candidates)}
+    questions = []  # the first 6 whose greedy answers have no near-tie (a random model's are often close)
+    for question in candidates:
+        inputs = prepare_inputs(processor, question, video_map[question.video_name], {"num_frames": NUM_FRAMES})
+        scores = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True,
+                                return_dict_in_generate=True).scores  # fmt: skip
+        if all(s[0].topk(2).values.diff().abs().item() > MIN_MARGIN for s in scores):
+            questions.append(question)
+        if len(questions) == 6:
+            break
+    assert len(questions) == 6
+    client = VLLMClient(servers["vllm_url"])
+    common = dict(num_frames=NUM_FRAMES, max_new_tokens=NEW_TOKENS, video_map=video_map, progress=False)
+    local = evaluate(model, processor, "mvbench", questions, VIDEOS, tmp_path / "transformers", **common)
+    served = evaluate(model, processor, "mvbench", questions, VIDEOS, tmp_path / "vllm", vllm=client, **common)
+    assert _strip(_read(served)) == _strip(_read(local)) and len(_read(local)) == 6
+    pipe = pipeline("video-text-to-text", model=model, processor=processor)
+    haystack, needle = Haystack([str(VIDEOS / "sample_demo_1.mp4")]), Needle("text", "the secret word is pepper")
+    grid = dict(lengths=[4, 8], depths=[0.0, 100.0], max_new_tokens=NEW_TOKENS, progress=False, num_frames=NUM_FRAMES)
+    cells = run_grid(pipe, haystack, needle, output=tmp_path / "niavh" / "cells.jsonl", **grid)
+    cells_vllm = run_grid(pipe, haystack, needle, output=tmp_path / "niavh-vllm" / "cells.jsonl", vllm=client, **grid)
+    assert _strip(_read(cells_vllm)) == _strip(_read(cells)) and len(_read(cells)) == 4
+    client.close()
 
 
 @needs_vllm

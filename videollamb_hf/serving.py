@@ -322,6 +322,61 @@ class PromptEncoder:
         return embeds, info
 
 
+class VLLMClient:
+    """A blocking client of a vLLM server's Completions API on prompt embeddings (vLLM's documented wire format),
+    for batch work (`videollamb-hf eval` / `niavh --backend vllm`); `videollamb-hf serve` has its own async one.
+
+    Args:
+        url: the vLLM server (`http://127.0.0.1:8001`).
+        model: the name it serves the export under (default: the first it lists).
+        timeout: seconds for one call; an unreachable server or a timeout raises `ConnectionError`.
+        max_concurrency: requests in flight at once in `complete_many` (vLLM batches them).
+    """
+
+    def __init__(self, url: str, model: str | None = None, timeout: float = 600.0, max_concurrency: int = 32):
+        import httpx
+
+        self._httpx = httpx
+        self.url, self._model, self.max_concurrency = url.rstrip("/"), model, max_concurrency
+        self._client = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs):
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except self._httpx.HTTPError as error:
+            raise ConnectionError(f"The vLLM server at {self.url} is unreachable or timed out: {error}") from None
+        if response.status_code >= 400:
+            raise ValueError(f"vLLM at {self.url} answered {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    @property
+    def model(self) -> str:
+        if self._model is None:
+            self._model = self._call("GET", "/v1/models")["data"][0]["id"]
+        return self._model
+
+    def complete(self, embeds: torch.Tensor, max_tokens: int, temperature: float = 0.0, **options) -> dict:
+        """One completion of a `(seq_len, hidden)` prompt: `{"token_ids", "text", "finish_reason"}` (`text` as vLLM
+        detokenizes; decode `token_ids` with the processor for transformers' text)."""
+        body = {"model": self.model, "prompt_embeds": encode_prompt_embeds(embeds), "max_tokens": max_tokens,
+                "temperature": temperature, "return_token_ids": True, **options}  # fmt: skip
+        choice = self._call("POST", "/v1/completions", json=body)["choices"][0]
+        return {"token_ids": choice.get("token_ids"), "text": choice["text"],
+                "finish_reason": choice.get("finish_reason")}  # fmt: skip
+
+    def complete_many(self, prompts: list[torch.Tensor], max_tokens: int, **options) -> list[dict]:
+        """`complete` for several prompts, all in flight at once (up to `max_concurrency`), in order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(prompts) <= 1:
+            return [self.complete(p, max_tokens, **options) for p in prompts]
+        with ThreadPoolExecutor(min(len(prompts), self.max_concurrency)) as pool:
+            return list(pool.map(lambda p: self.complete(p, max_tokens, **options), prompts))
+
+    def close(self):
+        self._client.close()
+
+
 def encode_prompt_embeds(embeds: torch.Tensor) -> str:
     """vLLM's wire format for prompt embeddings: base64 of the `torch.save`d `(seq_len, hidden)` tensor (the
     `prompt_embeds` field of a `/v1/completions` request)."""
@@ -345,6 +400,7 @@ def completion_request(embeds: torch.Tensor, model: str, **options) -> str:
 
 __all__ = [
     "PromptEncoder",
+    "VLLMClient",
     "build_prompt_embeds",
     "build_prompt_embeds_batch",
     "completion_request",

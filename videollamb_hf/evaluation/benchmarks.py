@@ -239,12 +239,21 @@ def run_model_batch(model, processor, questions: list[Question], prepared: list[
                 record.update(output=None, letter=LETTERS[max(range(len(scores)), key=scores.__getitem__)],
                               rule="likelihood", scores=scores)  # fmt: skip
             return records
-        generation = {"max_new_tokens": settings["max_new_tokens"], "do_sample": False}
-        if settings["original_protocol"]:
-            torch.manual_seed(settings["seed"])
-            generation.update(do_sample=True, temperature=0.2)
-        out = model.generate(**batch, **generation)
-    for row, question, record in zip(out[:, batch["input_ids"].shape[1] :], questions, records):
+        if settings.get("vllm") is not None:  # the language model runs in vLLM, on the compact prompts
+            from ..serving import prompt_embeds_from_inputs
+
+            options = {"temperature": 0.2, "seed": settings["seed"]} if settings["original_protocol"] else {}
+            results = settings["vllm"].complete_many(
+                prompt_embeds_from_inputs(model, batch), settings["max_new_tokens"], **options
+            )
+            rows = [r["token_ids"] for r in results]
+        else:
+            generation = {"max_new_tokens": settings["max_new_tokens"], "do_sample": False}
+            if settings["original_protocol"]:
+                torch.manual_seed(settings["seed"])
+                generation.update(do_sample=True, temperature=0.2)
+            rows = model.generate(**batch, **generation)[:, batch["input_ids"].shape[1] :]
+    for row, question, record in zip(rows, questions, records):
         output = processor.decode(row, skip_special_tokens=True).strip()
         letter, rule = extract_answer(output, question.options)
         record.update(output=output, letter=letter, rule=rule, original_letter=original_extraction(output))
@@ -298,15 +307,17 @@ def evaluate(model, processor, benchmark: str, questions: list[Question], video_
              num_frames: int | None = None, mode: str = "generate", original_protocol: bool = False,
              max_new_tokens: int = 16, seed: int = 0, resume: bool = False, rank: int = 0, world_size: int = 1,
              video_map: dict | None = None, progress: bool = True, num_workers: int = 0,
-             batch_size: int = 1) -> Path:  # fmt: skip
+             batch_size: int = 1, vllm=None) -> Path:  # fmt: skip
     """Answer this rank's share of `questions` (every `world_size`-th, from `rank`), one JSONL record each, flushed
     as produced; with `num_workers`, videos are decoded in DataLoader worker processes while the model runs;
     `batch_size` questions are answered per model call (prompts left-padded; greedy results are the same).
-    Returns the rank's predictions file."""
+    `vllm`: a `serving.VLLMClient`: generation runs in vLLM on the compact prompt embeddings (this process
+    encodes); likelihood mode stays on `model`. Returns the rank's predictions file."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = {"benchmark": benchmark, "num_frames": num_frames or BENCHMARKS[benchmark]["num_frames"], "mode": mode,
-                "original_protocol": original_protocol, "max_new_tokens": max_new_tokens, "seed": seed}  # fmt: skip
+                "original_protocol": original_protocol, "max_new_tokens": max_new_tokens, "seed": seed,
+                "vllm": vllm if mode == "generate" else None}  # fmt: skip
     shard = questions[rank::world_size]
     path = output_dir / (f"predictions.rank{rank}.jsonl" if world_size > 1 else "predictions.jsonl")
     done = {}
@@ -371,7 +382,9 @@ def evaluate(model, processor, benchmark: str, questions: list[Question], video_
             started = now
             bar.update(len(chunk))
         bar.close()
-    (output_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    saved = {k: v for k, v in settings.items() if k != "vllm"}
+    saved["backend"] = f"vllm ({vllm.url})" if settings["vllm"] is not None else "transformers"
+    (output_dir / "settings.json").write_text(json.dumps(saved, indent=2))
     return path
 
 
@@ -490,6 +503,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="DataLoader workers decoding videos (default: 2 with a GPU, 0 = inline on CPU, where "
                         "workers only compete with the model for the same cores)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1, help="questions per model call")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                        help="where the language model generates (vllm: a server serving `export-lm`'s folder)")  # fmt: skip
+    parser.add_argument("--vllm-url", help="with --backend vllm: the vLLM server's URL")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -515,6 +531,9 @@ def main(argv=None) -> int:
 
     import videollamb_hf  # noqa: F401
 
+    if args.backend == "vllm" and not args.vllm_url:
+        print("videollamb-hf eval: error: --backend vllm needs --vllm-url.", file=sys.stderr)
+        return 2
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo across the launched processes
     try:
         questions = load_questions(args.benchmark, args.questions, args.answers)
@@ -534,12 +553,24 @@ def main(argv=None) -> int:
         print(f"videollamb-hf eval: error: cannot load {args.model!r} ({str(error).splitlines()[0]}); pass --model "
               "with a local folder.", file=sys.stderr)  # fmt: skip
         return 2
-    evaluate(model, processor, args.benchmark, questions, args.video_root, output_dir, num_frames=args.num_frames,
-             mode=args.mode, original_protocol=args.original_protocol, max_new_tokens=args.max_new_tokens,
-             seed=args.seed, resume=args.resume, rank=state.process_index, world_size=state.num_processes,
-             video_map=video_map, progress=not args.quiet,
-             num_workers=args.num_workers if args.num_workers is not None else (2 if torch.cuda.is_available() else 0),
-             batch_size=args.batch_size)  # fmt: skip
+    vllm = None
+    if args.backend == "vllm":
+        from ..serving import VLLMClient
+
+        if args.mode == "likelihood":
+            print("videollamb-hf eval: likelihood scoring stays on the transformers backend (it reads the letters' "
+                  "log-probabilities, which vLLM's API gives only for its top-k tokens).", file=sys.stderr)  # fmt: skip
+        vllm = VLLMClient(args.vllm_url)
+    try:
+        evaluate(model, processor, args.benchmark, questions, args.video_root, output_dir, num_frames=args.num_frames,
+                 mode=args.mode, original_protocol=args.original_protocol, max_new_tokens=args.max_new_tokens,
+                 seed=args.seed, resume=args.resume, rank=state.process_index, world_size=state.num_processes,
+                 video_map=video_map, progress=not args.quiet,
+                 num_workers=args.num_workers if args.num_workers is not None else (2 if torch.cuda.is_available() else 0),
+                 batch_size=args.batch_size, vllm=vllm)  # fmt: skip
+    except ConnectionError as error:  # the vLLM server went away: what was answered is kept (--resume)
+        print(f"videollamb-hf eval: error: {error}", file=sys.stderr)
+        return 1
     with ranks_leave_together(state):
         if not state.is_main_process:
             return 0

@@ -399,11 +399,25 @@ def _answer_likelihood(pipe, frames_or_path, prompt, options, video_kwargs) -> d
     return run_model_batch(model, processor, [question], [inputs], {"mode": "likelihood"})[0]
 
 
+def _answer_with_vllm(pipe, vllm, frames_or_path, prompt: str, video_kwargs: dict, max_new_tokens: int) -> str:
+    """The pipeline's greedy answer, with the language model in vLLM: the same chat (video first, then the text),
+    encoded here into the compact prompt, decoded as the pipeline decodes."""
+    from ..serving import prompt_embeds_from_inputs
+
+    processor = pipe.processor
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = dict(processor(text=text, videos=[frames_or_path], return_tensors="pt", **video_kwargs))
+    embeds = prompt_embeds_from_inputs(pipe.model, inputs)[0]
+    token_ids = vllm.complete(embeds, max_new_tokens)["token_ids"]
+    return processor.decode(token_ids, skip_special_tokens=True).strip()
+
+
 def run_grid(pipe, haystack: Haystack, needle: Needle, lengths, depths, output, scoring: str = "multiple_choice",
              question: str = DEFAULT_QUESTION, seed: int = 0, resume: bool = False, max_new_tokens: int = 16,
              judge_kwargs: dict | None = None, progress: bool = True, compose_via: str = "memory", cache_dir=None,
              fps: float | None = None, num_frames: int | None = None, max_frames: int | None = None, rank: int = 0,
-             world_size: int = 1):  # fmt: skip
+             world_size: int = 1, vllm=None):  # fmt: skip
     """One JSONL record per (length, depth) cell: length, depth, modality, question, answer, score, seconds, frames.
 
     `scoring`: "multiple_choice" (the needle among 3 distractors, order seeded per cell; score 1/0 by the letter the
@@ -413,7 +427,8 @@ def run_grid(pipe, haystack: Haystack, needle: Needle, lengths, depths, output, 
     written) or "file" (the whole composed video is written once into `cache_dir`, see `compose_to_file`, and the
     model reads the file); the frames the model sees are the same either way. `fps` / `num_frames` / `max_frames`:
     the sampling (default: the processor's own). With `world_size > 1` process `rank` runs every `world_size`-th
-    cell into its own shard (`shard_path`); `merge_cells` joins them.
+    cell into its own shard (`shard_path`); `merge_cells` joins them. `vllm` (a `serving.VLLMClient`): the answers
+    are generated in vLLM on the compact prompt embeddings (this process encodes); likelihood scoring stays here.
     """
     import time
 
@@ -470,9 +485,12 @@ def run_grid(pipe, haystack: Haystack, needle: Needle, lengths, depths, output, 
                 record.update(question=text, answer=None, letter=result["letter"], rule="likelihood",
                               letter_scores=result["scores"], score=float(result["letter"] == record["gold"]))  # fmt: skip
             else:
-                result = pipe(video, text, max_new_tokens=max_new_tokens, return_full_text=False,
-                              processor_kwargs=cell_kwargs)  # fmt: skip
-                output_text = result[0]["generated_text"]
+                if vllm is not None:
+                    output_text = _answer_with_vllm(pipe, vllm, video, text, cell_kwargs, max_new_tokens)
+                else:
+                    result = pipe(video, text, max_new_tokens=max_new_tokens, return_full_text=False,
+                                  processor_kwargs=cell_kwargs)  # fmt: skip
+                    output_text = result[0]["generated_text"]
                 record.update(question=text, answer=output_text)
                 if scoring == "multiple_choice":
                     letter, rule = extract_answer(output_text, options)
@@ -605,6 +623,9 @@ def build_parser():
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="default: this process's GPU, else the CPU")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                        help="where the language model generates (vllm: a server serving `export-lm`'s folder)")  # fmt: skip
+    parser.add_argument("--vllm-url", help="with --backend vllm: the vLLM server's URL")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -625,6 +646,16 @@ def main(argv=None) -> int:
         print("videollamb-hf niavh: error: --scoring judge needs --judge-url (an OpenAI-compatible endpoint).",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.backend == "vllm" and not args.vllm_url:
+        print("videollamb-hf niavh: error: --backend vllm needs --vllm-url.", file=sys.stderr)
+        return 2
+    vllm = None
+    if args.backend == "vllm":
+        from ..serving import VLLMClient
+
+        if args.scoring == "likelihood":
+            print("videollamb-hf niavh: likelihood scoring stays on the transformers backend.", file=sys.stderr)
+        vllm = VLLMClient(args.vllm_url)
     lengths = _grid(args.lengths, length_grid())
     default_depths = depth_grid(spacing=args.depth_spacing)
     depths = _grid(args.depths, default_depths) if args.depths else default_depths
@@ -641,12 +672,16 @@ def main(argv=None) -> int:
     output = Path(args.output_dir)
     judge_kwargs = {"base_url": args.judge_url, "model": args.judge_model,
                     "api_key": os.environ.get("NIAVH_JUDGE_API_KEY")} if args.scoring == "judge" else None  # fmt: skip
-    run_grid(pipe, haystack, needle, lengths, depths, output / "cells.jsonl", scoring=args.scoring,
-             question=args.question, seed=args.seed, resume=args.resume, max_new_tokens=args.max_new_tokens,
-             judge_kwargs=judge_kwargs, progress=not args.quiet, compose_via=args.compose,
-             cache_dir=args.cache_dir or output / "videos", fps=None if args.num_frames else args.fps,
-             num_frames=args.num_frames, max_frames=args.max_frames, rank=state.process_index,
-             world_size=state.num_processes)  # fmt: skip
+    try:
+        run_grid(pipe, haystack, needle, lengths, depths, output / "cells.jsonl", scoring=args.scoring,
+                 question=args.question, seed=args.seed, resume=args.resume, max_new_tokens=args.max_new_tokens,
+                 judge_kwargs=judge_kwargs, progress=not args.quiet, compose_via=args.compose,
+                 cache_dir=args.cache_dir or output / "videos", fps=None if args.num_frames else args.fps,
+                 num_frames=args.num_frames, max_frames=args.max_frames, rank=state.process_index,
+                 world_size=state.num_processes, vllm=vllm)  # fmt: skip
+    except ConnectionError as error:  # the vLLM server went away: finished cells are kept (--resume)
+        print(f"videollamb-hf niavh: error: {error}", file=sys.stderr)
+        return 1
     with ranks_leave_together(state):
         if not state.is_main_process:
             return 0
