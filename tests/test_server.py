@@ -254,13 +254,13 @@ def _read(path):
 
 
 @needs_vllm
-def test_eval_and_niavh_with_the_vllm_backend_give_the_transformers_records(servers, small, tmp_path):
+def test_the_client_and_eval_and_niavh_with_the_vllm_backend_give_the_transformers_records(servers, small, tmp_path):
     from transformers import pipeline
 
     from videollamb_hf.evaluation import evaluate, load_questions
     from videollamb_hf.evaluation.benchmarks import prepare_inputs
     from videollamb_hf.evaluation.niavh import Haystack, Needle, run_grid
-    from videollamb_hf.serving import VLLMClient
+    from videollamb_hf.serving import VLLMClient, build_prompt_embeds
 
     model, processor = small["model"], small["processor"]
     folder = VIDEOS.parent / "benchmarks" / "mvbench"
@@ -277,6 +277,11 @@ def test_eval_and_niavh_with_the_vllm_backend_give_the_transformers_records(serv
             break
     assert len(questions) == 6
     client = VLLMClient(servers["vllm_url"])
+    embeds = build_prompt_embeds(model, processor, ours(*CHATS[0]), num_frames=NUM_FRAMES)
+    whole = client.complete(embeds, NEW_TOKENS)
+    chunks = list(client.stream(embeds, NEW_TOKENS))
+    assert len(chunks) > 1 and [t for c in chunks for t in c["token_ids"]] == whole["token_ids"]
+    assert whole["token_ids"] == reference(small, ours(*CHATS[0])) and chunks[-1]["finish_reason"] == "length"
     common = dict(num_frames=NUM_FRAMES, max_new_tokens=NEW_TOKENS, video_map=video_map, progress=False)
     local = evaluate(model, processor, "mvbench", questions, VIDEOS, tmp_path / "transformers", **common)
     served = evaluate(model, processor, "mvbench", questions, VIDEOS, tmp_path / "vllm", vllm=client, **common)

@@ -364,6 +364,25 @@ class VLLMClient:
         return {"token_ids": choice.get("token_ids"), "text": choice["text"],
                 "finish_reason": choice.get("finish_reason")}  # fmt: skip
 
+    def stream(self, embeds: torch.Tensor, max_tokens: int, temperature: float = 0.0, **options):
+        """`complete`, streamed (vLLM's server-sent events): yields `{"token_ids", "text", "finish_reason"}` per
+        chunk, each with that chunk's new token ids and text."""
+        body = {"model": self.model, "prompt_embeds": encode_prompt_embeds(embeds), "max_tokens": max_tokens,
+                "temperature": temperature, "return_token_ids": True, "stream": True, **options}  # fmt: skip
+        try:
+            with self._client.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ValueError(f"vLLM at {self.url} answered {response.status_code}: {response.text[:500]}")
+                for line in response.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    choice = json.loads(line[6:])["choices"][0]
+                    yield {"token_ids": choice.get("token_ids") or [], "text": choice.get("text", ""),
+                           "finish_reason": choice.get("finish_reason")}  # fmt: skip
+        except self._httpx.HTTPError as error:
+            raise ConnectionError(f"The vLLM server at {self.url} is unreachable or timed out: {error}") from None
+
     def complete_many(self, prompts: list[torch.Tensor], max_tokens: int, **options) -> list[dict]:
         """`complete` for several prompts, all in flight at once (up to `max_concurrency`), in order."""
         from concurrent.futures import ThreadPoolExecutor
