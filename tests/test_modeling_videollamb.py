@@ -563,3 +563,25 @@ def test_bad_frame_counts_and_masks_raise(tiny_model):
         tiny_model(
             input_ids=ids, pixel_values_videos=video(16), video_features=tiny_model.get_video_features(video(16))
         )
+
+
+def test_a_video_encoded_in_chunks_equals_the_one_tensor_path():
+    from conftest import VIDEOS
+
+    from videollamb_hf import VideoLlambVideoProcessor
+
+    model = get_tiny_model(tower_chunk_size=8)
+    processor = VideoLlambVideoProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    video = str(VIDEOS / "dance.mp4")
+    with torch.no_grad():
+        whole = model.get_video_features(processor(video, num_frames=48)["pixel_values_videos"])
+        chunked = model.encode_video(video, processor, chunk_frames=16, num_frames=48)
+    assert chunked.scene_boundaries == whole.scene_boundaries and len(whole.scene_boundaries[0]) > 1
+    assert torch.equal(chunked.num_slots_used, whole.num_slots_used)
+    torch.testing.assert_close(chunked.visual_tokens, whole.visual_tokens, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked.memory, whole.memory, rtol=1e-6, atol=1e-6)
+    ids = torch.tensor([[1, 5, 6] + [model.config.video_token_id] * model.config.video_seq_length + [7, 8]])
+    with torch.no_grad():
+        expected = model.generate(input_ids=ids, video_features=whole, max_new_tokens=6, do_sample=False)
+        assert torch.equal(model.generate(input_ids=ids, video_features=chunked, max_new_tokens=6, do_sample=False),
+                           expected)  # fmt: skip

@@ -117,3 +117,18 @@ def test_saved_repo_carries_the_pipeline_as_remote_code(repo, tmp_path):
                          cwd=tmp_path, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines()[-1] == _direct(repo, _chat(VIDEO, "What happens in the video?"), 6)
+
+
+def test_a_long_video_is_encoded_in_chunks_with_the_same_answer(pipe, monkeypatch):
+    calls = []
+    original = type(pipe.model).encode_video
+    monkeypatch.setattr(
+        type(pipe.model), "encode_video", lambda self, *a, **k: calls.append(k) or original(self, *a, **k)
+    )
+    video = str(VIDEOS / "sample_demo_1.mp4")
+    options = dict(max_new_tokens=6, return_full_text=False, processor_kwargs={"num_frames": 32})
+    whole = pipe(video, "What happens?", **options)
+    assert calls == []  # 32 frames: below the default threshold (256), one pixel tensor
+    chunked = pipe(video, "What happens?", chunked_above=16, **options)
+    assert calls == [{"num_frames": 32}]
+    assert chunked == whole

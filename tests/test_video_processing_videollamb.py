@@ -373,3 +373,35 @@ def test_registered_with_the_video_processor_auto_class(tmp_path):
     get_tiny_config().save_pretrained(tmp_path)
     loaded = AutoVideoProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, VideoLlambVideoProcessor) and loaded.num_frames == 32
+
+
+@pytest.mark.parametrize("source", ["path", "bytes", "array", "iterator"])
+def test_pixel_chunks_join_to_the_one_tensor_path_and_decode_one_chunk_at_a_time(source, monkeypatch):
+    processor = VideoLlambVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    path = VIDEOS / "sample_demo_1.mp4"
+    if source == "path":
+        video = str(path)
+    elif source == "bytes":
+        video = path.read_bytes()
+    else:
+        with VideoReader(str(path)) as reader:
+            frames = reader.get_frames(np.arange(48))
+        video = frames if source == "array" else iter(list(frames))
+    options = {"num_frames": 40} if source != "iterator" else {}
+    decoded = []
+    original = VideoReader.get_frames
+    monkeypatch.setattr(VideoReader, "get_frames", lambda self, i: decoded.append(len(i)) or original(self, i))
+    metadata, chunks = processor.iter_pixel_chunks(video, 16, **options)
+    chunks = list(chunks)
+    assert [c.shape[0] for c in chunks] == ([16, 16, 8] if source != "iterator" else [16, 16, 16])
+    if source in ("path", "bytes"):
+        assert decoded == [16, 16, 8]  # never more than one chunk of frames decoded at once
+    reference = processor(frames if source == "iterator" else video, **(options or {"num_frames": 48}),
+                          return_metadata=True)  # fmt: skip
+    if source in ("path", "bytes"):
+        assert metadata.frames_indices == reference["video_metadata"][0].frames_indices
+    assert torch.equal(torch.cat(chunks), reference["pixel_values_videos"][0])
+    if source in ("path", "bytes"):
+        assert processor.sampled_frame_count(video, **options) == 40
+    with pytest.raises(ValueError, match="multiple of 8"):
+        processor.iter_pixel_chunks(str(path), 12)

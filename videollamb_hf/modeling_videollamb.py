@@ -688,6 +688,38 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         encoded = [self._encode_frames(self.video_tower, video[:n]) for video, n in zip(pixel_values_videos, lengths)]
         return self.bridge_videos([cls for cls, _ in encoded], [pooled for _, pooled in encoded], keep_segments)
 
+    def encode_video(
+        self, video, video_processor, chunk_frames: int | None = None, **sampling
+    ) -> VideoLlambVideoFeatures:
+        """One (long) video to its features in bounded memory: decoded, transformed and run through the video tower
+        `chunk_frames` frames at a time (default `config.tower_chunk_size`); only the pooled patches and CLS tokens
+        of each frame are kept (`pooled_grid_size**2 + 1` vectors of `bridge_hidden_size`), then SceneTilling and
+        the bridge run as in `get_video_features`, whose features this equals.
+
+        Args:
+            video: what `video_processor.iter_pixel_chunks` takes (a path, URL, bytes, frames, a frame iterator).
+            video_processor: the [`VideoLlambVideoProcessor`] (its sampling and transform).
+            sampling: `num_frames`, `fps`, `max_frames`, `start_time`, `end_time`, `sampling`.
+        """
+        chunk_frames = chunk_frames or self.config.tower_chunk_size
+        _, chunks = video_processor.iter_pixel_chunks(video, chunk_frames, **sampling)
+        device = self.video_tower.embeddings.patch_embedding.weight.device
+        all_cls, all_pooled = [], []
+        for pixels in chunks:
+            cls, pooled = self._encode_frames(self.video_tower, pixels.to(device))
+            all_cls.append(cls)
+            all_pooled.append(pooled)
+        if not all_cls:
+            raise ValueError("The video gave no frames.")
+        cls, pooled = torch.cat(all_cls), torch.cat(all_pooled)
+        group = self.config.temporal_group_size
+        if cls.shape[0] % group:
+            raise ValueError(
+                f"The video gave {cls.shape[0]} frames; the video tower attends over groups of {group} frames, so "
+                f"it needs a multiple of {group}."
+            )
+        return self.bridge_videos([cls], [pooled])
+
     def bridge_videos(
         self, cls_per_video: list[torch.Tensor], pooled_per_video: list[torch.Tensor], keep_segments: bool = False
     ) -> VideoLlambVideoFeatures:
@@ -965,6 +997,13 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
     ) -> VideoLlambVideoFeatures:
         """See [`VideoLlambModel.get_video_features`]."""
         return self.model.get_video_features(pixel_values_videos, video_frames_mask)
+
+    def encode_video(
+        self, video, video_processor, chunk_frames: int | None = None, **sampling
+    ) -> VideoLlambVideoFeatures:
+        """See [`VideoLlambModel.encode_video`]: a long video encoded in chunks of frames; pass the result to
+        `generate(..., video_features=...)`."""
+        return self.model.encode_video(video, video_processor, chunk_frames, **sampling)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """See [`VideoLlambModel.get_image_features`]."""

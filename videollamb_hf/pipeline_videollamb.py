@@ -37,6 +37,11 @@ def chat_from_video_and_text(video=None, text: str = "", images=None) -> list[di
     return [{"role": "user", "content": content}]
 
 
+# Above this many sampled frames, a video (a path, URL or bytes) is decoded and encoded in chunks of frames
+# (`VideoLlambModel.encode_video`) instead of as one pixel tensor: the same features, memory bounded by a chunk.
+CHUNKED_ABOVE = 256
+
+
 class VideoTextToTextPipeline(Pipeline):
     """Video(+image)-and-text to text with any model reachable through `AutoModelForImageTextToText` whose processor
     takes chat messages with video blocks (VideoLLaMB first).
@@ -49,7 +54,8 @@ class VideoTextToTextPipeline(Pipeline):
     Keyword arguments: generation options (`max_new_tokens`, `do_sample`, `temperature`, ... or
     `generate_kwargs={...}`; greedy unless `do_sample=True`), `processor_kwargs={"num_frames": 16, "fps": 1,
     "sampling": "scenes"}`, `return_full_text` (default `True`: the prompt text, or the chat with the answer appended;
-    `False`: the answer only).
+    `False`: the answer only), `chunked_above` (default 256: a video sampling more frames is decoded and encoded in
+    chunks of frames, never as one pixel tensor; the same answer).
 
     Returns one `[{"input_text": ..., "generated_text": ...}]` per input (a list of those for a list of inputs).
     """
@@ -66,11 +72,14 @@ class VideoTextToTextPipeline(Pipeline):
     )  # fmt: skip
 
     def _sanitize_parameters(
-        self, processor_kwargs=None, generate_kwargs=None, return_full_text=None, images=None, **kwargs
-    ):
+        self, processor_kwargs=None, generate_kwargs=None, return_full_text=None, images=None, chunked_above=None,
+        **kwargs,
+    ):  # fmt: skip
         preprocess, forward, postprocess = {}, {}, {}
         if processor_kwargs is not None:
             preprocess["processor_kwargs"] = dict(processor_kwargs)
+        if chunked_above is not None:
+            preprocess["chunked_above"] = chunked_above
         if images is not None:
             preprocess["images"] = images
         generate = dict(generate_kwargs or {})
@@ -103,12 +112,35 @@ class VideoTextToTextPipeline(Pipeline):
             inputs = {"video": videos, "text": text}
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, inputs, processor_kwargs=None, images=None):
+    def _long_video(self, chat, processor_kwargs, chunked_above):
+        """The chat's one video and its sampling options where it samples more than `chunked_above` frames (then it
+        is encoded in chunks of frames, never as one pixel tensor), else None."""
+        blocks = [
+            b for m in chat if isinstance(m.get("content"), list) for b in m["content"] if b.get("type") == "video"
+        ]
+        video_processor = getattr(self.processor, "video_processor", None)
+        if len(blocks) != 1 or not hasattr(video_processor, "sampled_frame_count") or chunked_above is None:
+            return None
+        video = blocks[0].get("path", blocks[0].get("url", blocks[0].get("video")))
+        names = ("num_frames", "fps", "max_frames", "start_time", "end_time", "sampling")
+        sampling = {k: v for k, v in processor_kwargs.items() if k in names}
+        count = video_processor.sampled_frame_count(video, **sampling)
+        return (video, sampling) if count is not None and count > chunked_above else None
+
+    def preprocess(self, inputs, processor_kwargs=None, images=None, chunked_above=CHUNKED_ABOVE):
         if "chat" in inputs:
             chat, prompt_text = [dict(m) for m in inputs["chat"]], None
         else:
             chat = chat_from_video_and_text(inputs["video"], inputs["text"], images)
             prompt_text = inputs["text"]
+        long_video = self._long_video(chat, processor_kwargs or {}, chunked_above)
+        if long_video is not None and not any(
+            b.get("type") == "image" for m in chat if isinstance(m.get("content"), list) for b in m["content"]
+        ):
+            text = self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            ids = torch.tensor([self.processor._tokenize_prompt(text, add_special_tokens=True)[0]])
+            model_inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "long_video": long_video}
+            return {"model_inputs": model_inputs, "chat": chat, "prompt_text": prompt_text}
         model_inputs = self.processor.apply_chat_template(
             chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
             processor_kwargs=processor_kwargs or {},
@@ -123,7 +155,11 @@ class VideoTextToTextPipeline(Pipeline):
         if seed is not None:
             torch.manual_seed(seed)
         inputs = model_inputs.pop("model_inputs")
+        long_video = inputs.pop("long_video", None)
         inputs = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        if long_video is not None:  # decoded and encoded in chunks of frames
+            video, sampling = long_video
+            inputs["video_features"] = self.model.encode_video(video, self.processor.video_processor, **sampling)
         output = self.model.generate(**inputs, **generate_kwargs)
         prompt_length = inputs["input_ids"].shape[1]
         return {"generated": output[:, prompt_length:], **model_inputs}

@@ -310,35 +310,42 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
 
     def _decode_video(self, video, num_frames, fps, max_frames, start_time, end_time, sampling, return_scenes):
         with VideoReader(video) as reader:
-            index = reader.index
-            first, stop = self._time_range(reader, start_time, end_time)
-            count = stop - first
-            seconds = count / index.fps
-            k = self._frame_count(num_frames, fps, seconds, max_frames)
-            scenes = None
-            if sampling == "scenes" or return_scenes:
-                segments = self._scene_segments(reader, first, stop)
-                times = index.timestamps(range(index.num_frames))
-                end_times = times[1:] + [index.duration]
-                scenes = [(s, e, times[s], end_times[e]) for s, e in segments]
-            if sampling == "scenes":
-                indices = spread_over_scenes(segments, k)
-            else:
-                indices = uniform_indices(first, count, k)
+            indices, metadata = self._plan(reader, num_frames, fps, max_frames, start_time, end_time, sampling,
+                                           return_scenes)  # fmt: skip
             frames = reader.get_frames(indices)
-            metadata = VideoLlambVideoMetadata(
-                total_num_frames=index.num_frames,
-                fps=index.fps,
-                width=index.width,
-                height=index.height,
-                duration=index.duration,
-                video_backend="pyav",
-                frames_indices=indices.tolist(),
-                frames_timestamps=index.timestamps(indices),
-                scenes=scenes if return_scenes else None,
-                rotation=index.rotation,
-            )
         return frames, metadata
+
+    def _plan(self, reader, num_frames, fps, max_frames, start_time, end_time, sampling, return_scenes):
+        """The frame indices to sample from an opened video, and their metadata (nothing decoded but keyframe
+        thumbnails for `sampling="scenes"`)."""
+        index = reader.index
+        first, stop = self._time_range(reader, start_time, end_time)
+        count = stop - first
+        seconds = count / index.fps
+        k = self._frame_count(num_frames, fps, seconds, max_frames)
+        scenes = None
+        if sampling == "scenes" or return_scenes:
+            segments = self._scene_segments(reader, first, stop)
+            times = index.timestamps(range(index.num_frames))
+            end_times = times[1:] + [index.duration]
+            scenes = [(s, e, times[s], end_times[e]) for s, e in segments]
+        if sampling == "scenes":
+            indices = spread_over_scenes(segments, k)
+        else:
+            indices = uniform_indices(first, count, k)
+        metadata = VideoLlambVideoMetadata(
+            total_num_frames=index.num_frames,
+            fps=index.fps,
+            width=index.width,
+            height=index.height,
+            duration=index.duration,
+            video_backend="pyav",
+            frames_indices=indices.tolist(),
+            frames_timestamps=index.timestamps(indices),
+            scenes=scenes if return_scenes else None,
+            rotation=index.rotation,
+        )
+        return indices, metadata
 
     def _sample_array(self, video, num_frames, fps, sampling):
         frames = _frames_from_array(video)
@@ -358,6 +365,87 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
             frames_indices=indices.tolist(),
         )
         return frames[indices], metadata
+
+    # -- chunked decoding (long videos) ----------------------------------------------------------------------------
+
+    def _options(self, num_frames, fps, max_frames, sampling):
+        count_asked = num_frames is not None and fps is None  # a call's frame count beats the default fps
+        num_frames = self.num_frames if num_frames is None else num_frames
+        fps = None if count_asked else (self.fps if fps is None else fps)
+        max_frames = self.max_frames if max_frames is None else max_frames
+        sampling = self.sampling if sampling is None else sampling
+        if sampling not in ("uniform", "scenes"):
+            raise ValueError(f"`sampling` must be 'uniform' or 'scenes', got {sampling!r}.")
+        return num_frames, fps, max_frames, sampling
+
+    def sampled_frame_count(self, video, num_frames=None, fps=None, max_frames=None, start_time=None,
+                            end_time=None, sampling=None) -> int | None:  # fmt: skip
+        """How many frames `preprocess` would sample from `video` (a path, URL or bytes: one demux pass, no
+        decoding), or None for other inputs."""
+        if not (isinstance(video, (str, Path, bytes, bytearray, memoryview)) or hasattr(video, "read")):
+            return None
+        num_frames, fps, max_frames, sampling = self._options(num_frames, fps, max_frames, sampling)
+        with VideoReader(video) as reader:
+            first, stop = self._time_range(reader, start_time, end_time)
+            return self._frame_count(num_frames, fps, (stop - first) / reader.index.fps, max_frames)
+
+    def iter_pixel_chunks(self, video, chunk_frames: int = 64, num_frames=None, fps=None, max_frames=None,
+                          start_time=None, end_time=None, sampling=None):  # fmt: skip
+        """A long video as `preprocess` would sample and transform it, `chunk_frames` frames at a time: only one
+        chunk of decoded frames and pixels exists at once (a 10,000-frame video at 224 px is 6 GB as one fp32
+        pixel tensor).
+
+        Args:
+            video: a path, URL, bytes or binary file (sampled as `preprocess` does), a `(T, H, W, 3)` array / tensor
+                or list of frames (sampled uniformly), or any other iterable of `(H, W, 3)` frames (all of them
+                are taken, in order).
+            chunk_frames: frames per chunk, a positive multiple of `temporal_group_size`.
+
+        Returns:
+            `(metadata, chunks)`: a [`VideoLlambVideoMetadata`] (None for a frame iterator) and an iterator of
+            `(t, 3, crop_h, crop_w)` float32 tensors, equal, joined, to `preprocess(video)["pixel_values_videos"][0]`.
+        """
+        group = self.temporal_group_size
+        if int(chunk_frames) != chunk_frames or chunk_frames <= 0 or chunk_frames % group:
+            raise ValueError(f"`chunk_frames` must be a positive multiple of {group}, got {chunk_frames}.")
+        num_frames, fps, max_frames, sampling = self._options(num_frames, fps, max_frames, sampling)
+        size = self.size["shortest_edge"]
+        crop = (self.crop_size["height"], self.crop_size["width"])
+        if isinstance(video, (str, Path, bytes, bytearray, memoryview)) or hasattr(video, "read"):
+            reader = VideoReader(video)
+            try:
+                indices, metadata = self._plan(reader, num_frames, fps, max_frames, start_time, end_time, sampling,
+                                               False)  # fmt: skip
+            except BaseException:
+                reader.close()
+                raise
+
+            def chunks():
+                with reader:
+                    for begin in range(0, len(indices), chunk_frames):
+                        yield self._transform(reader.get_frames(indices[begin : begin + chunk_frames]), size, crop)
+
+            return metadata, chunks()
+        if start_time is not None or end_time is not None:
+            raise ValueError("`start_time`/`end_time` need the video's timing: pass a file, URL or bytes.")
+        if isinstance(video, (np.ndarray, torch.Tensor, list, tuple)):
+            frames, metadata = self._sample_array(video, num_frames, fps, sampling)
+            return metadata, (self._transform(frames[b : b + chunk_frames], size, crop)
+                              for b in range(0, len(frames), chunk_frames))  # fmt: skip
+        if not hasattr(video, "__iter__"):
+            raise TypeError(f"Cannot read a video from {describe(video)}. Accepted: {ACCEPTED}, or frame iterators.")
+
+        def from_iterator():
+            buffer = []
+            for frame in video:
+                buffer.append(np.asarray(frame))
+                if len(buffer) == chunk_frames:
+                    yield self._transform(np.stack(buffer), size, crop)
+                    buffer = []
+            if buffer:
+                yield self._transform(np.stack(buffer), size, crop)
+
+        return None, from_iterator()
 
     # -- main entry ---------------------------------------------------------------------------------------------
 
@@ -386,14 +474,8 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
         unknown = set(kwargs) - set(VideoLlambVideosKwargs.__annotations__) - {"device", "video_metadata"}
         if unknown:
             raise TypeError(f"Unexpected video processor arguments: {sorted(unknown)}.")
-        count_asked = num_frames is not None and fps is None  # a call's frame count beats the default fps
-        num_frames = self.num_frames if num_frames is None else num_frames
-        fps = None if count_asked else (self.fps if fps is None else fps)
-        max_frames = self.max_frames if max_frames is None else max_frames
-        sampling = self.sampling if sampling is None else sampling
+        num_frames, fps, max_frames, sampling = self._options(num_frames, fps, max_frames, sampling)
         do_flip = self.do_flip if do_flip is None else do_flip
-        if sampling not in ("uniform", "scenes"):
-            raise ValueError(f"`sampling` must be 'uniform' or 'scenes', got {sampling!r}.")
         size = self.size["shortest_edge"]
         crop = (self.crop_size["height"], self.crop_size["width"])
 
