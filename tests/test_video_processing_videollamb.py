@@ -405,3 +405,13 @@ def test_pixel_chunks_join_to_the_one_tensor_path_and_decode_one_chunk_at_a_time
         assert processor.sampled_frame_count(video, **options) == 40
     with pytest.raises(ValueError, match="multiple of 8"):
         processor.iter_pixel_chunks(str(path), 12)
+
+
+def test_pixel_chunks_of_a_rotated_video_carry_its_rotation(processor, generated):
+    path = str(generated["rotated"])
+    metadata, chunks = processor.iter_pixel_chunks(path, 8, num_frames=16)
+    whole = processor(path, num_frames=16, return_metadata=True)
+    expected = whole["video_metadata"][0]
+    assert (metadata.rotation, metadata.width, metadata.height) == (expected.rotation, expected.width, expected.height)
+    assert metadata.rotation == 90
+    assert torch.equal(torch.cat(list(chunks)), whole["pixel_values_videos"][0])

@@ -310,14 +310,16 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
 
     def _decode_video(self, video, num_frames, fps, max_frames, start_time, end_time, sampling, return_scenes):
         with VideoReader(video) as reader:
-            indices, metadata = self._plan(reader, num_frames, fps, max_frames, start_time, end_time, sampling,
-                                           return_scenes)  # fmt: skip
+            indices, scenes = self._plan(reader, num_frames, fps, max_frames, start_time, end_time, sampling,
+                                         return_scenes)  # fmt: skip
             frames = reader.get_frames(indices)
+            # After decoding: the rotation (and so width / height) is read off the first decoded frame.
+            metadata = self._metadata(reader, indices, scenes if return_scenes else None)
         return frames, metadata
 
     def _plan(self, reader, num_frames, fps, max_frames, start_time, end_time, sampling, return_scenes):
-        """The frame indices to sample from an opened video, and their metadata (nothing decoded but keyframe
-        thumbnails for `sampling="scenes"`)."""
+        """The frame indices to sample from an opened video, and its scenes where asked (nothing decoded but
+        keyframe thumbnails for `sampling="scenes"`)."""
         index = reader.index
         first, stop = self._time_range(reader, start_time, end_time)
         count = stop - first
@@ -333,7 +335,11 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
             indices = spread_over_scenes(segments, k)
         else:
             indices = uniform_indices(first, count, k)
-        metadata = VideoLlambVideoMetadata(
+        return indices, scenes
+
+    def _metadata(self, reader, indices, scenes) -> "VideoLlambVideoMetadata":
+        index = reader.index
+        return VideoLlambVideoMetadata(
             total_num_frames=index.num_frames,
             fps=index.fps,
             width=index.width,
@@ -342,10 +348,9 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
             video_backend="pyav",
             frames_indices=indices.tolist(),
             frames_timestamps=index.timestamps(indices),
-            scenes=scenes if return_scenes else None,
+            scenes=scenes,
             rotation=index.rotation,
         )
-        return indices, metadata
 
     def _sample_array(self, video, num_frames, fps, sampling):
         frames = _frames_from_array(video)
@@ -414,15 +419,18 @@ class VideoLlambVideoProcessor(VideoProcessorMixin):
         if isinstance(video, (str, Path, bytes, bytearray, memoryview)) or hasattr(video, "read"):
             reader = VideoReader(video)
             try:
-                indices, metadata = self._plan(reader, num_frames, fps, max_frames, start_time, end_time, sampling,
-                                               False)  # fmt: skip
+                indices, _ = self._plan(reader, num_frames, fps, max_frames, start_time, end_time, sampling, False)
+                # The first chunk is decoded now: the metadata's rotation is read off the first decoded frame.
+                first = self._transform(reader.get_frames(indices[:chunk_frames]), size, crop)
+                metadata = self._metadata(reader, indices, None)
             except BaseException:
                 reader.close()
                 raise
 
             def chunks():
                 with reader:
-                    for begin in range(0, len(indices), chunk_frames):
+                    yield first
+                    for begin in range(chunk_frames, len(indices), chunk_frames):
                         yield self._transform(reader.get_frames(indices[begin : begin + chunk_frames]), size, crop)
 
             return metadata, chunks()
