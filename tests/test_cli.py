@@ -48,6 +48,14 @@ def test_describe_prints_an_answer_and_json(tiny):
     assert report["random_weights"] is True and report["frames_sampled"] == 8
     assert report["scenes"][-1]["frames"][1] == 7 and report["scenes"][0]["start_s"] == 0.0
     assert set(report["timing_s"]) == {"load", "encode", "generate", "total"} and run.stderr == ""
+    # Encoded in chunks of frames (as above 256 sampled frames by default): the same answer, frames and scenes.
+    chunked = cli("describe", VIDEO, "--model", tiny, "--max-new-tokens", "5", "--json", "--quiet", "--num-frames",
+                  "40", "--chunked-above", "8")  # fmt: skip
+    whole = cli("describe", VIDEO, "--model", tiny, "--max-new-tokens", "5", "--json", "--quiet", "--num-frames", "40")
+    assert chunked.returncode == whole.returncode == 0, chunked.stderr[-2000:]
+    chunked, whole = json.loads(chunked.stdout), json.loads(whole.stdout)
+    for key in ("answer", "frames_sampled", "frame_timestamps_s", "scenes"):
+        assert chunked[key] == whole[key], key
 
 
 def test_chat_keeps_history_and_reads_commands_from_stdin(tiny):

@@ -43,6 +43,12 @@ def _add_common(parser: argparse.ArgumentParser, sampling: bool = True):
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes on stderr")
 
 
+def _add_chunked(parser: argparse.ArgumentParser):
+    parser.add_argument("--chunked-above", type=int, default=256, metavar="N",
+                        help="a video sampling more frames is decoded and encoded in chunks of frames, never as one "
+                        "pixel tensor (the same answer; default 256)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videollamb-hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--prompt", default="Describe the video in detail.")
     describe.add_argument("--json", action="store_true", help="answer, scenes with timestamps, timing as JSON")
     _add_common(describe)
+    _add_chunked(describe)
 
     chat = commands.add_parser("chat", help="a conversation about a video in the terminal")
     chat.add_argument("video")
     _add_common(chat)
+    _add_chunked(chat)
 
     stream = commands.add_parser("stream", help="streaming captions, O(1) work per new frame")
     stream.add_argument("video")
@@ -176,10 +184,34 @@ def encode_video(model, processor, video: str, args):
     """Decode, sample and encode a video once (towers + SceneTilling + bridge). Returns (features, metadata)."""
     import torch
 
+    video_processor = processor.video_processor
+    try:
+        count = video_processor.sampled_frame_count(video, **video_kwargs(args))
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        raise CommandError(str(error)) from error
+    chunked_above = getattr(args, "chunked_above", None)
+    if count is not None and chunked_above is not None and count > chunked_above:
+        # A long video: decoded and encoded chunk by chunk (only each frame's pooled patches and CLS are kept).
+        with _progress(args, count, "frames") as bar:
+            try:
+                metadata, chunks = video_processor.iter_pixel_chunks(
+                    video, model.config.tower_chunk_size, **video_kwargs(args)
+                )
+            except (FileNotFoundError, ValueError, TypeError) as error:
+                raise CommandError(str(error)) from error
+
+            def counted(chunks):
+                for chunk in chunks:
+                    yield chunk
+                    bar.update(len(chunk))
+
+            with torch.no_grad():
+                features = model.encode_video_chunks(counted(chunks))
+        return features, metadata
     with _progress(args, 2, "video") as bar:
         bar.set_postfix_str("decoding")
         try:
-            inputs = processor.video_processor(video, return_metadata=True, **video_kwargs(args))
+            inputs = video_processor(video, return_metadata=True, **video_kwargs(args))
         except (FileNotFoundError, ValueError, TypeError) as error:
             raise CommandError(str(error)) from error
         bar.update(1)

@@ -703,6 +703,11 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         """
         chunk_frames = chunk_frames or self.config.tower_chunk_size
         _, chunks = video_processor.iter_pixel_chunks(video, chunk_frames, **sampling)
+        return self.encode_video_chunks(chunks)
+
+    def encode_video_chunks(self, chunks) -> VideoLlambVideoFeatures:
+        """One video's features from an iterable of `(t, 3, H, W)` pixel chunks (each a multiple of the temporal
+        group; `VideoLlambVideoProcessor.iter_pixel_chunks` makes them): see `encode_video`."""
         device = self.video_tower.embeddings.patch_embedding.weight.device
         all_cls, all_pooled = [], []
         for pixels in chunks:
@@ -1004,6 +1009,10 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
         """See [`VideoLlambModel.encode_video`]: a long video encoded in chunks of frames; pass the result to
         `generate(..., video_features=...)`."""
         return self.model.encode_video(video, video_processor, chunk_frames, **sampling)
+
+    def encode_video_chunks(self, chunks) -> VideoLlambVideoFeatures:
+        """See [`VideoLlambModel.encode_video_chunks`]."""
+        return self.model.encode_video_chunks(chunks)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """See [`VideoLlambModel.get_image_features`]."""
