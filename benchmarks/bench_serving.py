@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,40 +33,6 @@ QUESTIONS = ["What happens?", "Who is there?", "Describe the scene.", "What colo
 def percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(url, timeout):
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url} did not come up in {timeout} s")
-
-
-def start(command, log, env=None):
-    with open(log, "w") as handle:
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))  # fmt: skip
-
-
-def stop(process):
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 def served_run(url, requests, max_new_tokens, log, num_frames=16):
@@ -171,7 +135,7 @@ def main():
 
     import videollamb_hf  # noqa: F401
     from videollamb_hf.serving import export_language_model
-    from videollamb_hf.testing_utils import save_tiny_repo
+    from videollamb_hf.testing_utils import free_port, save_tiny_repo, start_server, stop_server, wait_for_http
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     heads = args.hidden // 64
@@ -184,29 +148,29 @@ def main():
     requests = [(CLIPS[i % len(CLIPS)], QUESTIONS[i % len(QUESTIONS)]) for i in range(args.questions)]
 
     vllm_port = free_port()
-    vllm = start([args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(export),
+    vllm = start_server([args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(export),
                   "--enable-prompt-embeds", "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization",
                   "0.3", "--host", "127.0.0.1", "--port", str(vllm_port)], work / "vllm.log",
                  env={"VLLM_CPU_KVCACHE_SPACE": "2"})  # fmt: skip
     results = {"model": {"hidden": args.hidden, "layers": args.layers, "questions": args.questions,
                          "max_new_tokens": args.max_new_tokens, "clips": len(CLIPS)}}  # fmt: skip
     try:
-        wait_until_up(f"http://127.0.0.1:{vllm_port}/v1/models", 600)
+        wait_for_http(f"http://127.0.0.1:{vllm_port}/v1/models", vllm, 600, work / "vllm.log")
         for name, cache_mb in (("served, encoder cache on", "2048"), ("served, encoder cache off", "0")):
             port = free_port()
             log = work / f"serve-{cache_mb}.log"
-            front = start([sys.executable, "-m", "videollamb_hf", "serve", "--model", repo, "--vllm-url",
+            front = start_server([sys.executable, "-m", "videollamb_hf", "serve", "--model", repo, "--vllm-url",
                            f"http://127.0.0.1:{vllm_port}", "--port", str(port), "--served-model-name", "bench",
                            "--allowed-media-root", str(VIDEOS), "--encoder-cache-mb", cache_mb], log)  # fmt: skip
             try:
-                wait_until_up(f"http://127.0.0.1:{port}/health", 300)
+                wait_for_http(f"http://127.0.0.1:{port}/health", front, 300, log)
                 # Warm-up at another frame count (another cache key): the measured run starts with a cold cache.
                 served_run(f"http://127.0.0.1:{port}", requests[:2], args.max_new_tokens, log, num_frames=8)
                 results[name] = served_run(f"http://127.0.0.1:{port}", requests, args.max_new_tokens, log)
             finally:
-                stop(front)
+                stop_server(front)
     finally:
-        stop(vllm)
+        stop_server(vllm)
     local_run(model, processor, requests[:2], args.max_new_tokens, 1)  # warm-up
     results["generate, one at a time"] = local_run(model, processor, requests, args.max_new_tokens, 1)
     results[f"generate, batches of {args.batch_size}"] = local_run(

@@ -6,8 +6,6 @@ multi-turn, bad requests, and a vLLM that goes away. The vLLM environment's pyth
 import base64
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +22,14 @@ from conftest import VIDEOS
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from videollamb_hf.serving import export_language_model
-from videollamb_hf.testing_utils import SERVING_TEXT, save_tiny_repo
+from videollamb_hf.testing_utils import (
+    SERVING_TEXT,
+    free_port,
+    save_tiny_repo,
+    start_server,
+    stop_server,
+    wait_for_http,
+)
 
 
 # A seed whose greedy tokens on every chat below are never near a tie (the reference's top-2 logit margin exceeds
@@ -41,42 +46,6 @@ needs_vllm = pytest.mark.skipif(
 CHATS = [("sample_demo_1.mp4", "What happens?"), ("readingsky.mp4", "Who is there?"),
          ("dance.mp4", "Describe the dance."), ("sample_demo_3.mp4", "What is on the table?"),
          ("sample_demo_9.mp4", "Where is this?")]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{url}: the server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"{url} did not come up in {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def start(command, log: Path, env=None) -> subprocess.Popen:
-    with open(log, "w") as handle:
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))  # fmt: skip
-
-
-def stop(process: subprocess.Popen):
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def serve_command(model: str, vllm_url: str, port: int, *extra) -> list[str]:
@@ -128,23 +97,23 @@ def servers(small):
     root = small["root"]
     export = export_language_model(small["repo"], root / "lm")
     vllm_port, port = free_port(), free_port()
-    vllm = start([VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(export),
+    vllm = start_server([VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(export),
                   "--enable-prompt-embeds", "--dtype", "float32", "--enforce-eager",
                   "--gpu-memory-utilization", "0.2", "--host", "127.0.0.1", "--port", str(vllm_port)],
                  root / "vllm.log", env={"VLLM_CPU_KVCACHE_SPACE": "1"})  # fmt: skip
     front = None
     try:
-        wait_until_up(f"http://127.0.0.1:{vllm_port}/v1/models", vllm, 420, root / "vllm.log")
-        front = start(serve_command(small["repo"], f"http://127.0.0.1:{vllm_port}", port, "--served-model-name",
+        wait_for_http(f"http://127.0.0.1:{vllm_port}/v1/models", vllm, 420, root / "vllm.log")
+        front = start_server(serve_command(small["repo"], f"http://127.0.0.1:{vllm_port}", port, "--served-model-name",
                                     "videollamb-small"), root / "serve.log")  # fmt: skip
-        wait_until_up(f"http://127.0.0.1:{port}/health", front, 180, root / "serve.log")
+        wait_for_http(f"http://127.0.0.1:{port}/health", front, 180, root / "serve.log")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
         yield {"client": client, "url": f"http://127.0.0.1:{port}", "vllm": vllm, "log": root / "serve.log",
                "vllm_url": f"http://127.0.0.1:{vllm_port}"}  # fmt: skip
     finally:
         for process in (front, vllm):
             if process is not None:
-                stop(process)
+                stop_server(process)
 
 
 def ask(client, messages, **options):
@@ -297,7 +266,7 @@ def test_the_client_and_eval_and_niavh_with_the_vllm_backend_give_the_transforme
 
 @needs_vllm
 def test_a_vllm_that_goes_away_gives_a_5xx_in_time(servers):
-    stop(servers["vllm"])
+    stop_server(servers["vllm"])
     started = time.monotonic()
     response = httpx.post(f"{servers['url']}/v1/chat/completions", timeout=120,
                           json={"model": "videollamb-small", "messages": openai_chat(*CHATS[0]), "max_tokens": 4})  # fmt: skip
@@ -309,10 +278,10 @@ def test_a_vllm_that_goes_away_gives_a_5xx_in_time(servers):
 def test_without_vllm_bad_requests_are_answered_and_an_unreachable_backend_is_a_502(small, tmp_path):
     port = free_port()
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    front = start(serve_command(small["repo"], closed, port, "--api-key", "secret"), tmp_path / "serve.log")
+    front = start_server(serve_command(small["repo"], closed, port, "--api-key", "secret"), tmp_path / "serve.log")
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/health", front, 180, tmp_path / "serve.log")
+        wait_for_http(f"{url}/health", front, 180, tmp_path / "serve.log")
         headers = {"Authorization": "Bearer secret"}
         assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401
         models = httpx.get(f"{url}/v1/models", headers=headers, timeout=10).json()
@@ -325,7 +294,7 @@ def test_without_vllm_bad_requests_are_answered_and_an_unreachable_backend_is_a_
             assert response.status_code == 502 and "unreachable" in response.json()["error"]["message"]
             assert time.monotonic() - started < 30
     finally:
-        stop(front)
+        stop_server(front)
 
 
 def test_the_encoder_cache_reuses_a_clip_and_stays_within_its_bytes(small):

@@ -11,13 +11,12 @@ A leaf of the import graph (only the command line imports it): the reading of th
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from . import __version__
+from .file_utils import staged_output_folder
 from .modeling_videollamb import VideoLlambForConditionalGeneration
 from .original_format import (  # noqa: F401  (re-exported: these names were importable from here)
     CLIP_L14_336_DEFAULTS,
@@ -124,10 +123,6 @@ model). Please cite the authors:
 PARITY_FIGURE = "<= 3e-7 (fp32)"
 
 
-def _folder_is_nonempty(path: Path) -> bool:
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
 def convert_original_checkpoint(
     original: str,
     output: str | os.PathLike,
@@ -151,12 +146,8 @@ def convert_original_checkpoint(
     from huggingface_hub import ModelCard
 
     output = Path(output).absolute()
-    if _folder_is_nonempty(output) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it.")
-    output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.incomplete-", dir=output.parent))
-    try:
+    with staged_output_folder(output, overwrite) as staging:
         load = dict(download_kwargs, revision=revision) if revision else dict(download_kwargs)
         model = VideoLlambForConditionalGeneration.from_pretrained(
             original, video_tower=video_tower, image_tower=image_tower, dtype=dtype or "auto",
@@ -190,12 +181,6 @@ def convert_original_checkpoint(
             video_token_id=model.config.video_token_id, image_token_id=model.config.image_token_id,
         )  # fmt: skip
         ModelCard(card).save(staging / "README.md")
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     logger.warning("Converted %s -> %s (%.1f MB) in %.1f s.", original, output, size / 1e6,
                    time.perf_counter() - started)  # fmt: skip

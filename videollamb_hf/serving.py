@@ -18,12 +18,11 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .file_utils import folder_is_nonempty, staged_output_folder
 from .modeling_videollamb import VideoLlambForConditionalGeneration
 
 
@@ -86,7 +85,7 @@ def export_language_model(
     from . import __version__
 
     output = Path(output).absolute()
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+    if folder_is_nonempty(output) and not overwrite:  # before the (long) load
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it.")
     source = str(model) if not isinstance(model, torch.nn.Module) else model.name_or_path
     if not isinstance(model, torch.nn.Module):
@@ -109,9 +108,7 @@ def export_language_model(
     language_model.load_state_dict(state, strict=True, assign=True)
     language_model.generation_config = model.generation_config
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.incomplete-", dir=output.parent))
-    try:
+    with staged_output_folder(output, overwrite=True) as staging:
         language_model.save_pretrained(staging, max_shard_size=max_shard_size)
         tokenizer = AutoTokenizer.from_pretrained(source, **_tokenizer_kwargs(load_kwargs)) if source else None
         if tokenizer is not None:
@@ -130,12 +127,6 @@ def export_language_model(
             ),  # fmt: skip
             encoding="utf-8",
         )
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.warning("Exported the language model of %s -> %s (%d-row vocabulary, %s).", source, output, keep, dtype)
     return output
 

@@ -502,6 +502,64 @@ __all__ = [
 ]
 
 
+# -- server processes (the serving tests and benchmark) -----------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(command: list[str], log, env: dict | None = None):
+    """`command` in a session of its own (so that `stop_server` ends it and its children), offline, its output
+    into the file `log`."""
+    import os
+    import subprocess
+
+    with open(log, "w") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))  # fmt: skip
+
+
+def wait_for_http(url: str, process, timeout: float, log) -> None:
+    """Until `url` answers below 500; `RuntimeError` with the log's tail if `process` exits or time runs out."""
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {process.returncode}:\n{Path(log).read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} did not come up in {timeout} s:\n{Path(log).read_text()[-4000:]}")
+
+
+def stop_server(process) -> None:
+    """SIGTERM to the process's session, SIGKILL after 30 s."""
+    import os
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def fuzz_worker_main(size: int = 32, num_frames: int = 8):
     """Child process of `DecodeWatchdog`: read length-prefixed inputs on stdin, decode each, answer one JSON line
     per input on stdout."""
