@@ -133,10 +133,12 @@ TINY_CORPUS = [
 ]
 
 
-def save_tiny_tokenizer(directory) -> str:
+def save_tiny_tokenizer(directory, vocab_size: int | None = None) -> str:
     """Train a tiny sentencepiece BPE model with LLaMA's trainer settings (byte fallback, dummy prefix, split
     digits, identity normalisation, whitespace-only pieces; ids 0/1/2 = unk/bos/eos) and write `tokenizer.model` +
-    `tokenizer_config.json` to `directory` (vocabulary: 400 pieces). Returns the directory."""
+    `tokenizer_config.json` to `directory` (vocabulary: 400 pieces). `vocab_size` (e.g. LLaMA's 32000): pad the
+    vocabulary to that many ids with `UNUSED` pieces (never produced by encoding), so that `<video>` / `<image>`
+    get the ids the released model reserves. Returns the directory."""
     import io
     import json
     from pathlib import Path
@@ -166,7 +168,23 @@ def save_tiny_tokenizer(directory) -> str:
         num_threads=1,
         minloglevel=2,
     )
-    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    serialized = model.getvalue()
+    if vocab_size is not None:
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(serialized)
+        if vocab_size < len(proto.pieces):
+            raise ValueError(f"`vocab_size` {vocab_size} is below the trained vocabulary ({len(proto.pieces)}).")
+        for i in range(len(proto.pieces), vocab_size):
+            piece = proto.pieces.add()
+            piece.piece, piece.score, piece.type = (
+                f"<unused{i}>",
+                0.0,
+                sentencepiece_model_pb2.ModelProto.SentencePiece.UNUSED,
+            )
+        serialized = proto.SerializeToString()
+    (directory / "tokenizer.model").write_bytes(serialized)
     config = {"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True, "add_eos_token": False,
               "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "padding_side": "left"}  # fmt: skip
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
@@ -282,11 +300,11 @@ def original_state_dict(model) -> dict:
 
 
 def _languagebind_folder(
-    directory, tower, config, temporal: bool, kind: str | None = None, lora: dict | None = None
+    directory, tower_state: dict, config, temporal: bool, kind: str | None = None, lora: dict | None = None
 ) -> None:
     """A LanguageBind-layout (or, with `kind="clip"`, OpenAI CLIP-layout) folder: a whole CLIP config
-    (`vision_config` + `text_config`) and `model.safetensors` with `vision_model.*` (the tower), a text half and
-    the projections. `lora` (`{"r": ..., "alpha": ...}`): the encoder as `LanguageBindImage` saves it LoRA-wrapped
+    (`vision_config` + `text_config`) and `model.safetensors` with `vision_model.*` (`tower_state`: the tower's
+    weights under our names, which are LanguageBind's), a tiny text half and the projections. `lora` (`{"r": ..., "alpha": ...}`): the encoder as `LanguageBindImage` saves it LoRA-wrapped
     (see `lora_wrap_encoder_state`), with `lora_r` / `lora_alpha` in its config."""
     import json
     from pathlib import Path
@@ -318,7 +336,7 @@ def _languagebind_folder(
                         "image_mean": [0.48145466, 0.4578275, 0.40821073], "resample": 3,
                         "image_std": [0.26862954, 0.26130258, 0.27577711], "size": size}  # fmt: skip
         (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
-    state = {f"vision_model.{k}": v.contiguous().clone() for k, v in tower.state_dict().items()}
+    state = {f"vision_model.{k}": v.contiguous().clone() for k, v in tower_state.items()}
     if lora:
         state = lora_wrap_encoder_state(state, "vision_model.encoder.", lora["r"], lora["alpha"])
     generator = torch.Generator().manual_seed(1)
@@ -328,6 +346,43 @@ def _languagebind_folder(
     state["visual_projection.weight"] = torch.randn(32, 32, generator=generator)
     state["logit_scale"] = torch.tensor(2.6592)
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def original_flat_config(
+    config, video_tower_path: str, image_tower: bool = True, hard_coded: dict | None = None, dtype: str = "float32"
+) -> dict:
+    """The authors' flat `llava_llama` config.json for a model of `config`'s sizes (field for field as the released
+    `ColorfulAI/VideoLLaMB` has them). `hard_coded`: numbers the authors' code hard-codes (memory tokens, pool) that
+    differ from the release, stated under `"videollamb_hf"` (the tiny checkpoints)."""
+    text = config.text_config
+    flat = {
+        "_name_or_path": "./checkpoints/videollamb-llava-1.5-7b",
+        "architectures": ["LlavaLlamaForCausalLMRMT"],
+        "model_type": "llava_llama",
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+        "hidden_act": "silu", "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
+        "initializer_range": 0.02, "max_position_embeddings": text.max_position_embeddings,
+        "num_attention_heads": text.num_attention_heads, "num_hidden_layers": text.num_hidden_layers,
+        "num_key_value_heads": text.num_key_value_heads, "pretraining_tp": 1, "rms_norm_eps": 1e-5,
+        "rope_scaling": None, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": dtype,
+        "transformers_version": "4.39.1", "use_cache": True, "vocab_size": text.vocab_size - 2,
+        "X": ["VIDEO", "IMAGE"], "freeze_mm_mlp_adapter": False, "image_aspect_ratio": "pad",
+        "mm_attention_probs_dropout_prob": 0.1, "mm_hidden_act": "gelu", "mm_hidden_dropout_prob": 0.1,
+        "mm_hidden_size": config.bridge_hidden_size, "mm_image_tower": "./checkpoints/LanguageBind_Image",
+        "mm_intermediate_size": config.bridge_intermediate_size, "mm_layer_norm_eps": 1e-12,
+        "mm_num_attention_heads": config.bridge_num_attention_heads, "mm_projector_lr": None,
+        "mm_projector_type": "rmt_r_transformer1x", "mm_use_x_patch_token": False, "mm_use_x_start_end": False,
+        "mm_video_tower": video_tower_path,
+        "mm_vision_select_feature": "patch",
+        "mm_vision_select_layer": -2, "num_frames": 16, "tokenizer_model_max_length": 2048,
+        "tokenizer_padding_side": "right", "tune_mm_mlp_adapter": False, "use_mm_proj": True,
+    }  # fmt: skip
+    if hard_coded:
+        flat["videollamb_hf"] = dict(hard_coded)
+    if not image_tower:
+        flat["X"] = ["VIDEO"]
+        del flat["mm_image_tower"]
+    return flat
 
 
 def lora_wrap_encoder_state(state: dict, encoder_prefix: str, rank: int, lora_alpha: float, seed: int = 2) -> dict:
@@ -432,36 +487,9 @@ def save_tiny_original_repo(
         state = lora_wrap_encoder_state(
             state, "model.image_tower.image_tower.encoder.", image_tower_lora["r"], image_tower_lora["alpha"]
         )
-    text = config.text_config
     video_name = "clip-vit-large-patch14-336" if variant == "mem" else "LanguageBind_Video_merge"
-    video_path = f"./checkpoints/{video_name}"
-    flat = {
-        "_name_or_path": "./checkpoints/videollamb-llava-1.5-7b",
-        "architectures": ["LlavaLlamaForCausalLMRMT"],
-        "model_type": "llava_llama",
-        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-        "hidden_act": "silu", "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
-        "initializer_range": 0.02, "max_position_embeddings": text.max_position_embeddings,
-        "num_attention_heads": text.num_attention_heads, "num_hidden_layers": text.num_hidden_layers,
-        "num_key_value_heads": text.num_key_value_heads, "pretraining_tp": 1, "rms_norm_eps": 1e-5,
-        "rope_scaling": None, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32",
-        "transformers_version": "4.39.1", "use_cache": True, "vocab_size": vocab,
-        "X": ["VIDEO", "IMAGE"], "freeze_mm_mlp_adapter": False, "image_aspect_ratio": "pad",
-        "mm_attention_probs_dropout_prob": 0.1, "mm_hidden_act": "gelu", "mm_hidden_dropout_prob": 0.1,
-        "mm_hidden_size": config.bridge_hidden_size, "mm_image_tower": "./checkpoints/LanguageBind_Image",
-        "mm_intermediate_size": config.bridge_intermediate_size, "mm_layer_norm_eps": 1e-12,
-        "mm_num_attention_heads": config.bridge_num_attention_heads, "mm_projector_lr": None,
-        "mm_projector_type": "rmt_r_transformer1x", "mm_use_x_patch_token": False, "mm_use_x_start_end": False,
-        "mm_video_tower": video_path, "mm_vision_select_feature": "patch",
-        "mm_vision_select_layer": -2, "num_frames": 16, "tokenizer_model_max_length": 2048,
-        "tokenizer_padding_side": "right", "tune_mm_mlp_adapter": False, "use_mm_proj": True,
-        # What the authors' code hard-codes (32 memory tokens, 12x12 pool) at this tiny size.
-        "videollamb_hf": {"num_memory_tokens": config.num_memory_tokens, "pooled_grid_size": config.pooled_grid_size,
-                          "tower_chunk_size": config.tower_chunk_size},
-    }  # fmt: skip
-    if not image_tower:
-        flat["X"] = ["VIDEO"]
-        del flat["mm_image_tower"]
+    hard_coded = {k: getattr(config, k) for k in ("num_memory_tokens", "pooled_grid_size", "tower_chunk_size")}
+    flat = original_flat_config(config, f"./checkpoints/{video_name}", image_tower, hard_coded=hard_coded)
     (repo / "config.json").write_text(json.dumps(flat, indent=2))
     keys = sorted(state)
     shards = [keys[i::num_shards] for i in range(num_shards)]
@@ -475,16 +503,237 @@ def save_tiny_original_repo(
     (repo / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     towers = root / "checkpoints"
     kind = "clip" if variant == "mem" else None
-    _languagebind_folder(towers / video_name, model.model.video_tower, config.vision_config, variant == "main", kind)
+    _languagebind_folder(towers / video_name, model.model.video_tower.state_dict(), config.vision_config,
+                         variant == "main", kind)  # fmt: skip
     if image_tower:
-        _languagebind_folder(towers / "LanguageBind_Image", model.model.image_tower, config.image_config, False,
-                             lora=image_tower_lora)  # fmt: skip
+        _languagebind_folder(towers / "LanguageBind_Image", model.model.image_tower.state_dict(),
+                             config.image_config, False, lora=image_tower_lora)  # fmt: skip
     return {"repo": str(repo), "video_tower": str(towers / video_name),
             "image_tower": str(towers / "LanguageBind_Image"), "root": str(root), "model": model}  # fmt: skip
 
 
+# -- random checkpoints at the released shapes ---------------------------------------------------------------------
+
+# "mid": the released towers and bridge with a LLaMA of 8 layers at width 1024 (about 0.17B parameters of the
+# 0.93B), small enough for fp32 and bf16 forwards on two CPU cores in minutes.
+MID_TEXT = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 16,
+            "num_key_value_heads": 16}  # fmt: skip
+RANDOM_SIZES = ("tiny", "mid", "7b")
+
+
+def random_checkpoint_config(size: str = "7b") -> VideoLlambConfig:
+    """The config of a random checkpoint: `"7b"` is the released `ColorfulAI/VideoLLaMB` (LLaMA-7B: hidden 4096, 32
+    layers, 32 heads, FFN 11008, vocabulary 32000 + the 2 placeholders; LanguageBind ViT-L/14 towers at 224 px, 24
+    layers, width 1024, 16 heads, 8-frame temporal attention in the video tower; the bridge of width 1024, 8 heads,
+    FFN 4096, 32 memory tokens, 12x12 pool), which is `VideoLlambConfig()`'s default. `"mid"`: the same with the
+    LLaMA of `MID_TEXT`. `"tiny"`: `get_tiny_config` with the tiny tokenizer's vocabulary (400 + 2)."""
+    if size == "tiny":
+        return get_tiny_config(text_config=dict(TINY_TEXT, vocab_size=402), video_token_id=400, image_token_id=401)
+    if size == "7b":
+        return VideoLlambConfig()
+    if size == "mid":
+        from .configuration_videollamb import _LLAMA_7B
+
+        return VideoLlambConfig(text_config=dict(_LLAMA_7B, **MID_TEXT))
+    raise ValueError(f"`size` must be one of {RANDOM_SIZES}, got {size!r}.")
+
+
+def random_weight_plan(config, layout: str = "native") -> dict:
+    """What a random checkpoint of `config` holds: `{key: (shape, init, native_key)}` in the model's order, `init`
+    being "normal" (std 0.02), "ones" (norm weights) or "zeros" (biases). `layout="original"`: the authors' key
+    names (`original_keys`) and their vocabulary (2 rows fewer). Built on the meta device: no memory."""
+    from .modeling_videollamb import VideoLlambForConditionalGeneration
+    from .original_format import ORIGINAL_VOCAB_KEYS, convert_original_key
+
+    if layout not in ("native", "original"):
+        raise ValueError(f"`layout` must be 'native' or 'original', got {layout!r}.")
+    with torch.device("meta"):
+        model = VideoLlambForConditionalGeneration(config)
+    persistent = set(model.state_dict())
+    plan = {}
+    for module_name, module in model.named_modules():
+        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            key = f"{module_name}.{name}" if module_name else name
+            if key not in persistent or key in plan:
+                continue
+            if name == "bias":
+                init = "zeros"
+            elif name == "weight" and "norm" in type(module).__name__.lower():
+                init = "ones"
+            else:
+                init = "normal"
+            plan[key] = (tuple(tensor.shape), init, key)
+    if layout == "native":
+        return plan
+    inverse = {convert_original_key(k): k for k in original_keys(config)}
+    if set(inverse) != set(plan):
+        raise AssertionError(f"original_keys and the model disagree: {sorted(set(inverse) ^ set(plan))[:8]}")
+    vocab_keys = {native: original for original, native in ORIGINAL_VOCAB_KEYS.items()}
+    original = {}
+    for key, (shape, init, _) in plan.items():
+        if key in vocab_keys:
+            shape = (shape[0] - 2, *shape[1:])
+        original[inverse[key]] = (shape, init, key)
+    return original
+
+
+def random_tensor(native_key: str, shape, init: str, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """The random value of one weight: seeded by its (our) key name, so that the same weight has the same values
+    in every layout and file it is written to (an original checkpoint's vocabulary rows are the first rows)."""
+    import zlib
+
+    if init == "ones":
+        return torch.ones(shape, dtype=dtype)
+    if init == "zeros":
+        return torch.zeros(shape, dtype=dtype)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(native_key.encode()))
+    return torch.randn(shape, generator=generator).mul_(0.02).to(dtype)
+
+
+def _nbytes(shape, dtype) -> int:
+    return torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+
+
+def random_shard_groups(plan: dict, dtype, num_shards: int) -> list[list[str]]:
+    """`plan`'s keys in order, cut into `num_shards` groups where the running size passes each multiple of
+    total / `num_shards` (so no shard exceeds its share by more than one tensor)."""
+    total = sum(_nbytes(shape, dtype) for shape, _, _ in plan.values())
+    groups, filled = [[]], 0
+    for key, (shape, _, _) in plan.items():
+        if groups[-1] and len(groups) < num_shards and filled >= total * len(groups) / num_shards:
+            groups.append([])
+        groups[-1].append(key)
+        filled += _nbytes(shape, dtype)
+    return groups
+
+
+def _write_random_shards(directory, plan: dict, dtype, seed: int, num_shards: int) -> dict:
+    """Write `plan`'s weights as `num_shards` safetensors shards of about equal size + the index, one shard in
+    memory at a time. Returns the index."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    groups = random_shard_groups(plan, dtype, num_shards)
+    weight_map = {}
+    for index, keys in enumerate(groups, start=1):
+        name = f"model-{index:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {k: random_tensor(plan[k][2], plan[k][0], plan[k][1], dtype, seed) for k in keys}
+        save_file(tensors, str(Path(directory) / name), metadata={"format": "pt"})
+        del tensors
+        weight_map.update(dict.fromkeys(keys, name))
+    total = sum(_nbytes(shape, dtype) for shape, _, _ in plan.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (Path(directory) / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return index
+
+
+def save_random_checkpoint(
+    directory,
+    size: str = "7b",
+    layout: str = "native",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    num_shards: int | None = None,
+) -> dict:
+    """A random-weight checkpoint at the released shapes (`random_checkpoint_config(size)`), written shard by shard
+    (one shard's tensors in memory at a time: 7B in bf16 is 15 GB on disk, under 4 GB in memory), for measuring
+    conversion, loading, dtypes and memory where the real weights cannot be downloaded. Weights: normal(0, 0.02),
+    norms 1, biases 0 (`random_tensor`). Its answers are noise.
+
+    `layout="native"`: our folder (config, `num_shards` shards + index, processor with a tokenizer padded to the
+    vocabulary, remote code), loadable with `AutoModelForImageTextToText`. `layout="original"`: the authors' layout
+    as on the Hub (`<directory>/videollamb-llava-1.5-7b`: flat `llava_llama` config, shards under their key names,
+    `tokenizer.model`; beside it `checkpoints/LanguageBind_Video_merge` and `checkpoints/LanguageBind_Image` with
+    the towers' weights, equal to those in the checkpoint). `num_shards`: 4 for "7b" (as released), else 2.
+
+    Returns a dict: `repo`, `video_tower` / `image_tower` (original layout), `config`, `total_bytes`,
+    `largest_shard_bytes`, `shards` (paths).
+    """
+    import json
+    from pathlib import Path
+
+    config = random_checkpoint_config(size)
+    num_shards = num_shards or (4 if size == "7b" else 2)
+    plan = random_weight_plan(config, layout)
+    root = Path(directory)
+    vocab = None if size == "tiny" else config.text_config.vocab_size - 2
+    dtype_name = str(dtype).removeprefix("torch.")
+    result = {"config": config}
+    if layout == "native":
+        from transformers import AutoTokenizer
+
+        from .image_processing_videollamb import VideoLlambImageProcessor
+        from .modeling_videollamb import VideoLlambForConditionalGeneration
+        from .processing_videollamb import VideoLlambProcessor
+        from .video_processing_videollamb import VideoLlambVideoProcessor
+
+        repo = root
+        repo.mkdir(parents=True, exist_ok=True)
+        tokenizer = AutoTokenizer.from_pretrained(save_tiny_tokenizer(repo / "_tokenizer", vocab))
+        size_px = config.vision_config.image_size
+        side, crop = {"shortest_edge": size_px}, {"height": size_px, "width": size_px}
+        processor = VideoLlambProcessor(
+            image_processor=VideoLlambImageProcessor(size=side, crop_size=crop),
+            video_processor=VideoLlambVideoProcessor(size=side, crop_size=crop, num_frames=config.num_frames),
+            tokenizer=tokenizer, video_seq_length=config.video_seq_length, image_seq_length=config.image_seq_length,
+        )  # fmt: skip
+        if (processor.video_token_id, processor.image_token_id) != (config.video_token_id, config.image_token_id):
+            raise AssertionError("the padded tokenizer's placeholder ids differ from the config's")
+        config.dtype = dtype
+        config.random_weights = True  # tools label what such a model says as noise
+        with torch.device("meta"):
+            model = VideoLlambForConditionalGeneration(config).to(dtype)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(repo, state_dict={})  # config, generation config, remote code; no weights
+        processor.save_pretrained(repo)
+        import shutil
+
+        shutil.rmtree(repo / "_tokenizer")
+    elif layout == "original":
+        repo = root / "videollamb-llava-1.5-7b"
+        save_tiny_tokenizer(repo, vocab)
+        special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}
+        (repo / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+        tokenizer_config = json.loads((repo / "tokenizer_config.json").read_text())
+        tokenizer_config.update(pad_token="<unk>", padding_side="right", model_max_length=2048)
+        (repo / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+        hard_coded = None
+        if size == "tiny":
+            hard_coded = {k: getattr(config, k) for k in ("num_memory_tokens", "pooled_grid_size", "tower_chunk_size")}
+        flat = original_flat_config(config, "./checkpoints/LanguageBind_Video_merge", hard_coded=hard_coded,
+                                    dtype=dtype_name)  # fmt: skip
+        (repo / "config.json").write_text(json.dumps(flat, indent=2))
+        native = random_weight_plan(config, "native")
+        for tower, name, sub, temporal in (
+            ("video_tower", "LanguageBind_Video_merge", config.vision_config, True),
+            ("image_tower", "LanguageBind_Image", config.image_config, False),
+        ):
+            prefix = f"model.{tower}."
+            state = {k.removeprefix(prefix): random_tensor(k, shape, init, dtype, seed)
+                     for k, (shape, init, _) in native.items() if k.startswith(prefix)}  # fmt: skip
+            _languagebind_folder(root / "checkpoints" / name, state, sub, temporal)
+            result[tower] = str(root / "checkpoints" / name)
+            del state
+    else:
+        raise ValueError(f"`layout` must be 'native' or 'original', got {layout!r}.")
+    index = _write_random_shards(repo, plan, dtype, seed, num_shards)
+    shards = sorted({repo / name for name in index["weight_map"].values()})
+    result.update(repo=str(repo), total_bytes=index["metadata"]["total_size"], shards=[str(p) for p in shards],
+                  largest_shard_bytes=max(p.stat().st_size for p in shards))  # fmt: skip
+    return result
+
+
 __all__ = [
     "DecodeWatchdog",
+    "MID_TEXT",
+    "original_flat_config",
+    "random_checkpoint_config",
+    "random_shard_groups",
+    "random_tensor",
+    "random_weight_plan",
+    "save_random_checkpoint",
     "lora_wrap_encoder_state",
     "original_keys",
     "original_state_dict",
