@@ -663,9 +663,9 @@ def _tower_files(source: str, allow_pickle: bool) -> list[str]:
     )
 
 
-def load_languagebind_tower_weights(tower: torch.nn.Module, source: str, allow_pickle: bool = False) -> None:
-    """Load a LanguageBind checkpoint's `vision_model.*` weights into `tower` (our video tower or the CLIP image
-    tower), strictly: every tower weight must be there; the text half and projections are the known-unused keys."""
+def languagebind_tower_state(source: str, allow_pickle: bool = False) -> tuple[dict, list[str]]:
+    """A LanguageBind checkpoint's tower weights under our names (`vision_model.` removed, a LoRA-wrapped encoder
+    merged), and the keys that are neither tower weights nor the known-unused text half and projections."""
     from safetensors.torch import load_file
 
     state = {}
@@ -682,6 +682,7 @@ def load_languagebind_tower_weights(tower: torch.nn.Module, source: str, allow_p
             ours[key.removeprefix("vision_model.")] = value
         elif not _matches_any(key, KNOWN_UNUSED_LANGUAGEBIND_KEYS):
             unexpected.append(key)
+    del state
     if any(".lora_A." in key for key in ours):
         fields = languagebind_vision_config(source, "tower")
         alpha = (fields or {}).get("lora_alpha")
@@ -690,9 +691,14 @@ def load_languagebind_tower_weights(tower: torch.nn.Module, source: str, allow_p
                            "default %d.", source, LANGUAGEBIND_DEFAULT_LORA_ALPHA)  # fmt: skip
             alpha = LANGUAGEBIND_DEFAULT_LORA_ALPHA
         ours = merge_lora_state_dict(ours, alpha, source)
-    expected = tower.state_dict()
+    return ours, unexpected
+
+
+def check_tower_state(ours: dict, unexpected: list[str], expected: dict, source: str) -> None:
+    """Refuse tower weights (`languagebind_tower_state`) that do not match the tower's `expected` state (names
+    and shapes; meta tensors do)."""
     missing = sorted(set(expected) - set(ours))
-    unexpected += sorted(set(ours) - set(expected))
+    unexpected = unexpected + sorted(set(ours) - set(expected))
     if missing or unexpected:
         raise ValueError(
             f"The LanguageBind checkpoint at {source} does not match the tower: missing {missing[:8]}"
@@ -703,6 +709,13 @@ def load_languagebind_tower_weights(tower: torch.nn.Module, source: str, allow_p
             raise ValueError(
                 f"{source}: `{key}` has shape {tuple(value.shape)}, the tower {tuple(expected[key].shape)}."
             )
+
+
+def load_languagebind_tower_weights(tower: torch.nn.Module, source: str, allow_pickle: bool = False) -> None:
+    """Load a LanguageBind checkpoint's `vision_model.*` weights into `tower` (our video tower or the CLIP image
+    tower), strictly: every tower weight must be there; the text half and projections are the known-unused keys."""
+    ours, unexpected = languagebind_tower_state(source, allow_pickle)
+    check_tower_state(ours, unexpected, tower.state_dict(), source)
     with torch.no_grad():
         for name, tensor in list(tower.named_parameters()) + list(tower.named_buffers()):
             if name in ours:

@@ -636,6 +636,7 @@ def save_random_checkpoint(
     dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
     num_shards: int | None = None,
+    config: VideoLlambConfig | None = None,
 ) -> dict:
     """A random-weight checkpoint at the released shapes (`random_checkpoint_config(size)`), written shard by shard
     (one shard's tensors in memory at a time: 7B in bf16 is 15 GB on disk, under 4 GB in memory), for measuring
@@ -647,6 +648,8 @@ def save_random_checkpoint(
     as on the Hub (`<directory>/videollamb-llava-1.5-7b`: flat `llava_llama` config, shards under their key names,
     `tokenizer.model`; beside it `checkpoints/LanguageBind_Video_merge` and `checkpoints/LanguageBind_Image` with
     the towers' weights, equal to those in the checkpoint). `num_shards`: 4 for "7b" (as released), else 2.
+    `config`: another shape (its placeholders the two ids after a 32,000 vocabulary, or after 400 for `size="tiny"`,
+    whose 400-piece tokenizer is not padded).
 
     Returns a dict: `repo`, `video_tower` / `image_tower` (original layout), `config`, `total_bytes`,
     `largest_shard_bytes`, `shards` (paths).
@@ -654,7 +657,7 @@ def save_random_checkpoint(
     import json
     from pathlib import Path
 
-    config = random_checkpoint_config(size)
+    config = config or random_checkpoint_config(size)
     num_shards = num_shards or (4 if size == "7b" else 2)
     plan = random_weight_plan(config, layout)
     root = Path(directory)
