@@ -11,7 +11,7 @@ the depth: what is kept per frame is its pooled patches and CLS token, (144 + 1)
 
 Frames come from a synthetic frame iterator (320x240 RGB, a new scene every 150 frames), so decoding is not timed;
 the transform, the towers, SceneTilling, the bridge and one language-model forward are. Each run is a fresh process;
-its memory is `ru_maxrss` minus the RSS after a warm-up encode (the weights' pages touched once).
+its memory is its `VmHWM` (high-water mark) minus the RSS after a warm-up encode (the weights' pages touched once).
 """
 
 import argparse
@@ -68,7 +68,7 @@ with torch.no_grad():
         start = time.perf_counter()
         features = model.encode_video(frames(args["frames"]), processor.video_processor)
         encode = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024  # this process only (ru_maxrss keeps a parent's peak across exec)
         ids = prompt_ids()
         start = time.perf_counter()
         output = model(input_ids=ids, attention_mask=torch.ones_like(ids), video_features=features)

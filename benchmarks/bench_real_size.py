@@ -15,7 +15,7 @@ Stages (about 25 min on 2 AVX2 cores at 7B; disk: 15 GB + 15 GB at the peak, eac
    with a CPU budget below the model's size (accelerate's big-model inference: the rest stays on disk and is read
    layer by layer), then one forward of a short prompt, compared with the full model's logits of stage 3.
 
-Peak RSS is `ru_maxrss` of the stage's process; "above start" subtracts the RSS after imports. Prints a table and
+Peak RSS is the stage process's `VmHWM` (its own high-water mark); "above start" subtracts the RSS after imports. Prints a table and
 one JSON line per stage.
 """
 
@@ -37,7 +37,7 @@ import json, os, resource, sys, time
 import psutil
 import torch
 def rss(): return psutil.Process().memory_info().rss
-def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak(): return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024  # VmHWM: this process only
 start_rss = rss()
 args = json.loads(sys.argv[1])
 out = {"stage": args["stage"], "start_rss": start_rss}

@@ -493,7 +493,7 @@ convert_original_checkpoint(tiny["repo"], warm + "/out", video_tower=tiny["video
 baseline = psutil.Process().memory_info().rss
 convert_original_checkpoint(repo, output, video_tower=towers + "/LanguageBind_Video_merge",
                             image_tower=towers + "/LanguageBind_Image", max_shard_size="40MB")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024  # this process only (ru_maxrss keeps a parent's peak across exec)
 print(json.dumps({"baseline": baseline, "peak": peak}))
 """
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_video_inputs
 from safetensors import safe_open
 
 from videollamb_hf import VideoLlambConfig, VideoLlambForConditionalGeneration
@@ -136,3 +137,40 @@ def test_tiny_original_checkpoint_loads_with_its_tower_folders(tmp_path):
         if key.endswith("embed_tokens.weight") or key == "lm_head.weight":  # 400 rows + the 2 placeholder rows
             tensor, shape = tensor[:400], (400, *shape[1:])
         assert torch.equal(tensor, random_tensor(key, shape, init, torch.float32)), key
+
+
+def test_offloaded_load_runs_video_forward_equal_to_the_full_model(tmp_path):
+    """accelerate's big-model inference: `device_map="auto"` with a CPU budget below the model's size puts the rest
+    on disk (`offload_folder`); a forward with a video gives the full model's logits."""
+    from transformers import AutoModelForImageTextToText
+
+    save_random_checkpoint(tmp_path / "m", size="tiny", layout="native", dtype=torch.float32)
+    full = AutoModelForImageTextToText.from_pretrained(tmp_path / "m")
+    offloaded = AutoModelForImageTextToText.from_pretrained(
+        tmp_path / "m", device_map="auto", max_memory={"cpu": "100KB"}, offload_folder=str(tmp_path / "offload")
+    )
+    placement = set(offloaded.hf_device_map.values())
+    assert placement == {"cpu", "disk"}, offloaded.hf_device_map
+    inputs = tiny_video_inputs(full.config)
+    with torch.no_grad():
+        expected = full(**inputs).logits
+        got = offloaded(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0), (got - expected).abs().max()
+    # The chunked long-video path, an image, and generation: the bridge's own weights are used through module calls
+    # (accelerate's hooks load them from disk), never read off an offloaded (meta) parameter.
+    from videollamb_hf.testing_utils import get_tiny_processor
+
+    video_processor = get_tiny_processor(tmp_path / "processor").video_processor
+    frames = torch.randint(0, 256, (16, 20, 24, 3), dtype=torch.uint8).numpy()
+    with torch.no_grad():
+        a = full.encode_video(frames, video_processor, chunk_frames=8, num_frames=16)
+        b = offloaded.encode_video(frames, video_processor, chunk_frames=8, num_frames=16)
+        assert torch.allclose(a.visual_tokens, b.visual_tokens, atol=1e-6, rtol=0)
+        ids = inputs["input_ids"]
+        assert torch.equal(
+            full.generate(input_ids=ids, video_features=a, max_new_tokens=4, do_sample=False),
+            offloaded.generate(input_ids=ids, video_features=b, max_new_tokens=4, do_sample=False),
+        )
+        image = {"input_ids": torch.tensor([[1, 5] + [full.config.image_token_id] * full.config.image_seq_length + [6]]),
+                 "pixel_values": torch.randn(1, 3, 16, 16)}  # fmt: skip
+        assert torch.allclose(offloaded(**image).logits, full(**image).logits, atol=1e-6, rtol=0)

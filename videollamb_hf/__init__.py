@@ -21,6 +21,7 @@ from .modeling_videollamb import (
 from .original_format import ORIGINAL_ARCHITECTURES, original_weight_conversions
 from .pipeline_videollamb import VideoTextToTextPipeline
 from .processing_videollamb import VideoLlambProcessor
+from .quantization import quantization_config
 from .scene_tiling import find_scene_boundaries
 from .video_decoding import VideoDecodingError
 from .video_processing_videollamb import VideoLlambVideoMetadata, VideoLlambVideoProcessor
@@ -80,4 +81,5 @@ __all__ = [
     "VideoLlambVisionConfig",
     "VideoTextToTextPipeline",
     "find_scene_boundaries",
+    "quantization_config",
 ]

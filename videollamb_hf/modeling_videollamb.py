@@ -40,6 +40,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, logging
 
 from .configuration_videollamb import VideoLlambConfig, VideoLlambVisionConfig
 from .original_format import DOWNLOAD_KWARG_NAMES, download_options, finish_original_loading
+from .quantization import UNQUANTIZED_MODULES, keep_unquantized
 from .scene_tiling import boundaries_to_segments, find_scene_boundaries
 
 
@@ -93,6 +94,28 @@ class VideoLlambVideoFeatures(ModelOutput):
 
     def __len__(self) -> int:
         return self.visual_tokens.shape[0]
+
+
+class _FrameChunks:
+    """Per-frame tensors kept as the chunks they were computed in, `(t_i, ...)` each: what `bridge_videos` needs
+    of a `(sum t_i, ...)` tensor (`shape`, `device`, `index_select` along frames) without one joined copy."""
+
+    def __init__(self, chunks: list[torch.Tensor]):
+        self.chunks = chunks
+        self.offsets = torch.tensor([0] + [c.shape[0] for c in chunks]).cumsum(0)
+        self.shape = torch.Size([int(self.offsets[-1]), *chunks[0].shape[1:]])
+        self.device, self.dtype = chunks[0].device, chunks[0].dtype
+
+    def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        if dim != 0:
+            raise ValueError("_FrameChunks selects frames (dim 0) only.")
+        index = index.to("cpu", torch.long)
+        which = torch.searchsorted(self.offsets, index, right=True) - 1
+        return torch.stack([self.chunks[c][i - self.offsets[c]] for c, i in zip(which.tolist(), index.tolist())])
+
+
+def _joined(frames) -> torch.Tensor:
+    return torch.cat(frames.chunks) if isinstance(frames, _FrameChunks) else frames
 
 
 @dataclass
@@ -337,7 +360,9 @@ class VideoLlambMemoryBridge(nn.Module):
                 f"Segment {segment_index} has no position embedding (the table has "
                 f"{self.segment_position_embedding.num_embeddings} rows)."
             )
-        return segment_tokens + self.segment_position_embedding.weight[segment_index].to(segment_tokens.dtype)
+        # Through the module's call (not `.weight[...]`): accelerate's offload hooks load the table where it is on disk.
+        index = torch.tensor([segment_index], device=segment_tokens.device)
+        return segment_tokens + self.segment_position_embedding(index)[0].to(segment_tokens.dtype)
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """`(batch_size, num_memory_tokens, bridge_hidden_size)`. Quirk kept: later segments take the previous
@@ -360,13 +385,32 @@ class VideoLlambMemoryBridge(nn.Module):
         new_memory, segment_output = hidden_states.split([self.num_memory_tokens, segment_tokens.shape[1]], dim=1)
         return segment_output, new_memory
 
+    def forward(self, segment_tokens: torch.Tensor, memory=None, memory_cache=None, mode: str = "step"):
+        """The module's call, which `step`, `encode_independently` and `encode_from_initial_memory` go through so
+        that accelerate's hooks (device placement, disk offload) see the bridge's own weights (`read_memory_emb`)
+        used: `mode` names which of them."""
+        if mode == "step":
+            return self._step(segment_tokens, memory, memory_cache)
+        if mode == "independent":
+            segment_output, new_memory = self.encode_segment(
+                segment_tokens, self.initial_memory(segment_tokens.shape[0])
+            )
+            return self.retriever(new_memory, segment_output)
+        if mode == "from_initial_memory":
+            return self.encode_segment(segment_tokens, self.initial_memory(segment_tokens.shape[0]))
+        raise ValueError(f"Unknown bridge mode {mode!r}.")
+
+    def encode_from_initial_memory(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_segment(tokens, initial_memory)`: the image path. Returns `(segment_output, new_memory)`."""
+        return self(tokens, mode="from_initial_memory")
+
     def step(
         self,
         segment_tokens: torch.Tensor,
         memory: torch.Tensor | None = None,
         memory_cache: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One recurrent step.
+        """One recurrent step (through the module's call, see `forward`).
 
         Args:
             segment_tokens (`torch.Tensor` of shape `(batch, segment_length, bridge_hidden_size)`).
@@ -379,6 +423,9 @@ class VideoLlambMemoryBridge(nn.Module):
             `(segment_output, memory, memory_cache)`: the segment's bridge outputs (before the projector), the
             refreshed memory, and the cache with this segment's entry appended.
         """
+        return self(segment_tokens, memory, memory_cache, mode="step")
+
+    def _step(self, segment_tokens, memory, memory_cache):
         if memory is None:
             memory = self.initial_memory(segment_tokens.shape[0])
         segment_output, new_memory = self.encode_segment(segment_tokens, memory)
@@ -391,8 +438,7 @@ class VideoLlambMemoryBridge(nn.Module):
         """VideoLLaMB_Mem's image path: each row of `tokens (N, L, D)` (an image, or a frame of a very short
         video) goes through the bridge from the initial memory, and its memory is refreshed from its own bridge
         outputs. Returns the memories, `(N, num_memory_tokens, D)`."""
-        segment_output, new_memory = self.encode_segment(tokens, self.initial_memory(tokens.shape[0]))
-        return self.retriever(new_memory, segment_output)
+        return self(tokens, mode="independent")
 
 
 class VideoLlambMultiModalProjector(nn.Module):
@@ -412,28 +458,6 @@ class VideoLlambMultiModalProjector(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-# Modules a quantized load leaves in full precision: the towers and the bridge are small and sensitive, the LM head
-# is what transformers keeps anyway.
-UNQUANTIZED_MODULES = ["video_tower", "image_tower", "memory_bridge", "multi_modal_projector", "lm_head"]
-
-
-def keep_unquantized(quantization_config):
-    """`quantization_config` (bitsandbytes 4/8-bit, ...) with the towers, the bridge, the projector and the LM head
-    excluded from quantization, unless the user listed modules to skip already."""
-    for name in ("llm_int8_skip_modules", "modules_to_not_convert"):
-        if isinstance(quantization_config, dict):
-            if quantization_config.get(name) is None and (
-                name == "llm_int8_skip_modules" or "llm_int8_skip_modules" not in quantization_config
-            ):
-                quantization_config = dict(quantization_config, **{name: list(UNQUANTIZED_MODULES)})
-                break
-        elif hasattr(quantization_config, name):
-            if getattr(quantization_config, name) is None:
-                setattr(quantization_config, name, list(UNQUANTIZED_MODULES))
-            break
-    return quantization_config
-
-
 def apply_freezing(model: nn.Module) -> None:
     """Apply `config.freeze_towers` / `config.freeze_language_model` to `model` (a VideoLLaMB model or backbone):
     frozen parts get `requires_grad=False` (loading makes every parameter trainable again, so this runs after
@@ -441,10 +465,17 @@ def apply_freezing(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, VideoLlambModel):
             module.set_towers_trainable(not module.config.freeze_towers)
-            module.language_model.requires_grad_(not module.config.freeze_language_model)
+            _requires_grad(module.language_model, not module.config.freeze_language_model)
     head = getattr(model, "lm_head", None)
     if head is not None:
-        head.requires_grad_(not model.config.freeze_language_model)
+        _requires_grad(head, not model.config.freeze_language_model)
+
+
+def _requires_grad(module: nn.Module, trainable: bool) -> None:
+    """`module.requires_grad_(trainable)` for its floating-point parameters: quantized (integer) weights take none."""
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            parameter.requires_grad_(trainable)
 
 
 _modeling_utils_logger = std_logging.getLogger("transformers.modeling_utils")
@@ -492,6 +523,9 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # What a quantized load leaves in the load dtype when the user's config names nothing to skip (see
+    # `videollamb_hf.quantization`): dotted paths from the root of VideoLlambForConditionalGeneration.
+    _keep_unquantized_modules = UNQUANTIZED_MODULES
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -506,8 +540,8 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
         - `config.freeze_towers` is re-applied (loading makes every parameter trainable again).
         """
         kwargs.setdefault("use_safetensors", True)
-        if kwargs.get("quantization_config") is not None:
-            kwargs["quantization_config"] = keep_unquantized(kwargs["quantization_config"])
+        if (quantization := kwargs.get("quantization_config")) is not None:
+            kwargs["quantization_config"] = keep_unquantized(quantization, cls._keep_unquantized_modules)
         output_loading_info = kwargs.pop("output_loading_info", False)
         with download_options(**kwargs), _held_load_reports() as reports:
             model, info = super().from_pretrained(
@@ -588,6 +622,8 @@ def _placeholder_runs(mask: torch.Tensor, run_length: int, name: str) -> tuple[t
 class VideoLlambModel(VideoLlambPreTrainedModel):
     """Towers + memory bridge + LLaMA, without the LM head. Its `forward` merges the visual tokens into the
     placeholder slots and returns hidden states aligned with `input_ids` (TRL's SFT trains through it)."""
+
+    _keep_unquantized_modules = [name.removeprefix("model.") for name in UNQUANTIZED_MODULES if name != "lm_head"]
 
     def __init__(self, config: VideoLlambConfig):
         super().__init__(config)
@@ -709,14 +745,18 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         """One video's features from an iterable of `(t, 3, H, W)` pixel chunks (each a multiple of the temporal
         group; `VideoLlambVideoProcessor.iter_pixel_chunks` makes them): see `encode_video`."""
         device = self.video_tower.embeddings.patch_embedding.weight.device
+        if device.type == "meta":  # offloaded (device_map with disk): accelerate's hooks move the inputs
+            device = None
         all_cls, all_pooled = [], []
         for pixels in chunks:
-            cls, pooled = self._encode_frames(self.video_tower, pixels.to(device))
+            cls, pooled = self._encode_frames(self.video_tower, pixels if device is None else pixels.to(device))
             all_cls.append(cls)
             all_pooled.append(pooled)
         if not all_cls:
             raise ValueError("The video gave no frames.")
-        cls, pooled = torch.cat(all_cls), torch.cat(all_pooled)
+        # The pooled patches stay in their chunks: the bridge takes at most `max_frames_per_segment` frames of each
+        # segment from them, so joining them (a copy of everything kept) would double the peak for nothing.
+        cls, pooled = torch.cat(all_cls), _FrameChunks(all_pooled)
         group = self.config.temporal_group_size
         if cls.shape[0] % group:
             raise ValueError(
@@ -742,7 +782,7 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         for cls, pooled in zip(cls_per_video, pooled_per_video):
             if config.bridge_output == "memories" and cls.shape[0] <= config.max_image_like_frames:
                 # VideoLLaMB_Mem: a video this short is read frame by frame, like images.
-                frame_memories = bridge.encode_independently(pooled)  # (T, M, D)
+                frame_memories = bridge.encode_independently(_joined(pooled))  # (T, M, D)
                 visual_tokens.append(
                     _pad_to(self.multi_modal_projector(frame_memories.flatten(0, 1)), config.video_seq_length)
                 )
@@ -812,9 +852,7 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
         _, pooled = self._encode_frames(self.image_tower, pixel_values)
         if self.config.bridge_output == "memories":  # VideoLLaMB_Mem: the image's refreshed memory
             return self.multi_modal_projector(self.memory_bridge.encode_independently(pooled))
-        segment_output, _ = self.memory_bridge.encode_segment(
-            pooled, self.memory_bridge.initial_memory(pooled.shape[0])
-        )
+        segment_output, _ = self.memory_bridge.encode_from_initial_memory(pooled)
         return self.multi_modal_projector(segment_output)
 
     # -- merging ------------------------------------------------------------------------------------------------
