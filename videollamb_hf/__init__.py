@@ -1,6 +1,25 @@
 """VideoLLaMB for the Hugging Face ecosystem. Importing this package registers everything with transformers."""
+# ruff: noqa: E402  (a log filter is installed before transformers is imported)
 
+import logging
 import sys
+
+
+class _DropImportNoise(logging.Filter):
+    """Drops known log lines that installed quantization backends emit while transformers imports them (every
+    `import transformers.modeling_utils` imports torchao when it is installed): torchao's notes on its CUDA-only
+    kernels that do not load on this machine, and torch's deprecation note on the enums torchao registers. Only
+    while this package imports; nothing of ours uses those kernels, and torchao itself errors when they are used."""
+
+    NOISE = {"torchao": ("Failed to load ",), "torch.utils._pytree": ("%s is an Enum subclass",)}
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.NOISE.get(record.name, ()))
+
+
+_import_noise = _DropImportNoise()
+for _name in _DropImportNoise.NOISE:
+    logging.getLogger(_name).addFilter(_import_noise)
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -62,6 +81,8 @@ for _cls in (VideoLlambConfig, VideoLlambModel, VideoLlambForConditionalGenerati
 # ... and the original `architectures` names, so `trl sft` on an original-layout repo builds our model.
 for _name in ORIGINAL_ARCHITECTURES:
     setattr(sys.modules["transformers"], _name, VideoLlambForConditionalGeneration)
+for _name in _DropImportNoise.NOISE:
+    logging.getLogger(_name).removeFilter(_import_noise)
 
 __all__ = [
     "VideoDecodingError",
