@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from .original_format import (  # noqa: F401  (re-exported: these names were imp
     is_original_config,
     languagebind_vision_config,
     load_languagebind_tower_weights,
+    log_lora_merges,
     original_config_to_videollamb,
     original_weight_conversions,
     tower_source,
@@ -262,9 +262,11 @@ def stream_original_weights(files: list[str], config, allow_pickle: bool = False
     weights absent from the checkpoint, from the LanguageBind folders. Unknown keys raise `ValueError`."""
     from .original_format import (
         LANGUAGEBIND_DEFAULT_LORA_ALPHA,
+        LORA_PART_KEY,
         _matches_any,
         languagebind_tower_state,
         lora_merged_weight,
+        tower_folder,
         unwrap_lora_key,
     )
 
@@ -276,7 +278,7 @@ def stream_original_weights(files: list[str], config, allow_pickle: bool = False
         for key, tensor in _read_tensors(path):
             if _matches_any(key, KNOWN_UNUSED_ORIGINAL_KEYS):
                 continue
-            match = re.search(r"^(.*)\.(base_layer|lora_A|lora_B)(?:\.default)?\.weight$", key)
+            match = LORA_PART_KEY.search(key)
             if match:
                 module = unwrap_lora_key(match.group(1))
                 parts = lora_parts.setdefault(module, {})
@@ -309,12 +311,7 @@ def stream_original_weights(files: list[str], config, allow_pickle: bool = False
         wanted = {k.removeprefix(prefix): v for k, v in expected.items() if k.startswith(prefix)}
         if not wanted or any(prefix + k in seen for k in wanted):
             continue
-        source = layout.get(tower)
-        if source is None:
-            raise ValueError(
-                f"The checkpoint has no {tower} weights and its config names no LanguageBind folder for it: "
-                f"pass `{tower}=` (a local LanguageBind folder or hub id)."
-            )
+        source = tower_folder(layout, tower)
         logger.info("Taking the %s weights from %s (absent from the checkpoint).", tower, source)
         ours, extra = languagebind_tower_state(source, allow_pickle)
         check_tower_state(ours, extra, wanted, source)
@@ -335,15 +332,6 @@ def _resolve_dtype(dtype, config, files) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
-
-
-def _log_lora_merges(layout: dict) -> None:
-    merged = layout.pop("lora_merged", None)
-    if merged:
-        ranks = sorted({rank for rank, _ in merged.values()})
-        alpha = layout.get("image_tower_lora_alpha")
-        logger.warning("Merged LoRA weights into %d image-tower projections (r=%s, lora_alpha=%s).", len(merged),
-                       "/".join(map(str, ranks)), 16 if alpha is None else alpha)  # fmt: skip
 
 
 def logging_tqdm(iterable, total: int, desc: str):
@@ -429,7 +417,7 @@ def convert_original_checkpoint(
                 + "; ".join(problems)
                 + ". Nothing was written under a guessed name; is it a VideoLLaMB checkpoint?"
             )
-        _log_lora_merges(layout)
+        log_lora_merges(layout)
         towers = "from the checkpoint"
         if layout.get("towers_loaded_from"):
             towers = "from " + ", ".join(layout["towers_loaded_from"])

@@ -227,6 +227,8 @@ def languagebind_vision_config(source: str | None, name: str, defaults: dict | N
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LANGUAGEBIND_DEFAULT_LORA_ALPHA = 16  # LanguageBindImageConfig's default, used when the tower config is unreadable
 _LORA_PARTS = {"base_layer": "weight", "lora_A": "lora_a", "lora_B": "lora_b"}
+# A LoRA part's key: group 1 the wrapped module, group 2 the part (`base_layer`, `lora_A`, `lora_B`).
+LORA_PART_KEY = re.compile(r"^(.*)\.(base_layer|lora_A|lora_B)(?:\.default)?\.weight$")
 
 
 def lora_merged_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, lora_alpha: float):
@@ -261,7 +263,7 @@ def merge_lora_state_dict(state: dict, lora_alpha: float, source: str) -> dict:
         return state
     plain, parts = {}, {}
     for key, value in state.items():
-        match = re.search(r"^(.*)\.(base_layer|lora_A|lora_B)(?:\.default)?\.weight$", key)
+        match = LORA_PART_KEY.search(key)
         if match:
             parts.setdefault(unwrap_lora_key(match.group(1)), {})[_LORA_PARTS[match.group(2)]] = value
         else:
@@ -722,6 +724,36 @@ def load_languagebind_tower_weights(tower: torch.nn.Module, source: str, allow_p
                 tensor.copy_(ours[name].to(dtype=tensor.dtype, device=tensor.device))
 
 
+def log_lora_merges(layout: dict) -> None:
+    """Say how many LoRA-wrapped image-tower projections a load merged (`layout["lora_merged"]`, filled by
+    `MergeLoraWeights` or the streaming converter), and warn where `lora_alpha` was the class default."""
+    merged = layout.pop("lora_merged", None)
+    if not merged:
+        return
+    ranks = sorted({rank for rank, _ in merged.values()})
+    alpha = layout.get("image_tower_lora_alpha")
+    logger.warning("Merged LoRA weights into %d image-tower projections (r=%s, lora_alpha=%s).", len(merged),
+                   "/".join(map(str, ranks)), LANGUAGEBIND_DEFAULT_LORA_ALPHA if alpha is None else alpha)  # fmt: skip
+    if alpha is None:
+        logger.warning(
+            "The image tower's config (%s) could not be read: its LoRA weights were merged with the authors' "
+            "class default lora_alpha=%d. Pass `image_tower=` with the LanguageBind folder if it differs.",
+            layout.get("image_tower") or "none named",
+            LANGUAGEBIND_DEFAULT_LORA_ALPHA,
+        )
+
+
+def tower_folder(layout: dict, tower: str) -> str:
+    """The LanguageBind folder or hub id that `tower`'s weights come from when the checkpoint lacks them."""
+    source = layout.get(tower)
+    if source is None:
+        raise ValueError(
+            f"The checkpoint has no {tower} weights and its config names no LanguageBind folder for it: "
+            f"pass `{tower}=` (a local LanguageBind folder or hub id)."
+        )
+    return source
+
+
 def finish_original_loading(
     model: torch.nn.Module, backbone: torch.nn.Module, info: dict, allow_pickle: bool = False, **download_kwargs
 ) -> None:
@@ -743,12 +775,7 @@ def finish_original_loading(
             tower_missing = {k for k in missing if k.startswith(tower_prefix)}
             if not tower_missing:
                 continue
-            source = layout.get(name)
-            if source is None:
-                raise ValueError(
-                    f"The checkpoint has no {name} weights and its config names no LanguageBind folder for it: "
-                    f"pass `{name}=` (a local LanguageBind folder or hub id)."
-                )
+            source = tower_folder(layout, name)
             logger.info("Loading the %s weights from %s (absent from the checkpoint).", name, source)
             load_languagebind_tower_weights(getattr(backbone, name), source, allow_pickle=allow_pickle)
             layout.setdefault("towers_loaded_from", []).append(source)
@@ -775,18 +802,6 @@ def finish_original_loading(
         )
     info["missing_keys"] = missing
     info["unexpected_keys"] = unexpected
-    merged = layout.pop("lora_merged", None)
-    if merged:
-        ranks = sorted({rank for rank, _ in merged.values()})
-        alpha = layout.get("image_tower_lora_alpha")
-        logger.warning("Merged LoRA weights into %d image-tower projections (r=%s, lora_alpha=%s).", len(merged),
-                       "/".join(map(str, ranks)), LANGUAGEBIND_DEFAULT_LORA_ALPHA if alpha is None else alpha)  # fmt: skip
-        if alpha is None:
-            logger.warning(
-                "The image tower's config (%s) could not be read: its LoRA weights were merged with the authors' "
-                "class default lora_alpha=%d. Pass `image_tower=` with the LanguageBind folder if it differs.",
-                layout.get("image_tower") or "none named",
-                LANGUAGEBIND_DEFAULT_LORA_ALPHA,
-            )
+    log_lora_merges(layout)
     name = "ColorfulAI/VideoLLaMB_Mem variant" if layout.get("variant") == "mem" else "released VideoLLaMB bridge"
     logger.warning("Loaded an original VideoLLaMB checkpoint (LLaVA layout): the %s.", name)
