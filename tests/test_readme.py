@@ -44,6 +44,10 @@ def test_python_snippets_run(tmp_path, monkeypatch):
     # The pipeline section.
     assert len(namespace["batch"]) == 2 and namespace["batch"][0][0]["input_text"] == "Who is there?"
     assert namespace["result"][0]["generated_text"][-1]["role"] == "assistant"
+    # The Trainer section trained its two steps, with a loss logged for each.
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 2
+    assert 0 < trainer.state.log_history[-1]["train_loss"] < 20  # a cross-entropy over a 402-token vocabulary
     # The streaming section printed its events.
     assert any(line.startswith("[") and " caption " in line for line in printed)
 

@@ -218,7 +218,11 @@ def test_two_processes_exit_when_the_main_process_saves_slowly(repo, data, tmp_p
     assert (out / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("name", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "cpu_ddp_2proc"])
+ACCELERATE_CONFIGS = ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]  # GPUs
+ACCELERATE_CONFIGS += ["cpu_ddp_2proc", "cpu_deepspeed_zero2", "cpu_deepspeed_zero3", "cpu_fsdp_2proc"]  # 2 CPU ranks
+
+
+@pytest.mark.parametrize("name", ACCELERATE_CONFIGS)
 def test_accelerate_configs_parse(name):
     from accelerate.commands.config.config_args import load_config_from_file
 

@@ -17,6 +17,17 @@ class _DropImportNoise(logging.Filter):
         return not str(record.msg).startswith(self.NOISE.get(record.name, ()))
 
 
+class _DropDeepSpeedCpuNote(logging.Filter):
+    """DeepSpeed (the `train` extra) writes "Setting accelerator to CPU. If you have GPU or other accelerator, we
+    were unable to detect it." to stdout the first time anything imports it on a machine without GPUs, which
+    transformers does when it saves or loads a model: that line would land in our commands' stdout (their
+    output). Only that message is dropped, for the life of the process; DeepSpeed's other logs are untouched."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith("Setting accelerator to CPU.")
+
+
+logging.getLogger("DeepSpeed").addFilter(_DropDeepSpeedCpuNote())
 _import_noise = _DropImportNoise()
 for _name in _DropImportNoise.NOISE:
     logging.getLogger(_name).addFilter(_import_noise)

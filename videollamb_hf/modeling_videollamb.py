@@ -950,7 +950,8 @@ class VideoLlambModel(VideoLlambPreTrainedModel):
             raise RuntimeError(
                 "config.recurrent_loss=True, but this training step runs the model once over the last segment (a "
                 "trainer that calls the backbone, e.g. TRL's SFTTrainer): that would silently skip the recurrent "
-                "loss. Train with videollamb_hf.sft (VideoLlambSFTTrainer) or call model.recurrent_loss(...)."
+                "loss. Train with videollamb_hf.sft or videollamb_hf.training.VideoLlambTrainer, or call "
+                "model.recurrent_loss(...)."
             )
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
@@ -1076,7 +1077,18 @@ class VideoLlambForConditionalGeneration(VideoLlambPreTrainedModel, GenerationMi
         r"""
         See [`VideoLlambModel.forward`]. `labels (batch_size, sequence_length)` are aligned with `input_ids`
         (shifted inside the loss); placeholder positions never count. `generate` suppresses the placeholder tokens.
+
+        `recurrent_loss_terms=True` (with `labels` and `pixel_values_videos`) returns instead the recurrent loss's
+        `(sum of the token losses, number of label tokens)` over all segments (see `recurrent_loss`): trainers
+        call it through the wrapped model (DDP, DeepSpeed and FSDP gather and reduce in its forward hooks) and
+        normalise the sum over every process.
         """
+        if kwargs.pop("recurrent_loss_terms", False):
+            _, per_segment = self.recurrent_loss(
+                input_ids, labels, pixel_values_videos, attention_mask=attention_mask,
+                video_frames_mask=video_frames_mask, pixel_values=pixel_values, return_segment_losses=True,
+            )  # fmt: skip
+            return sum(term for term, _ in per_segment), sum(count for _, count in per_segment)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,

@@ -717,11 +717,40 @@ def load_languagebind_tower_weights(tower: torch.nn.Module, source: str, allow_p
     """Load a LanguageBind checkpoint's `vision_model.*` weights into `tower` (our video tower or the CLIP image
     tower), strictly: every tower weight must be there; the text half and projections are the known-unused keys."""
     ours, unexpected = languagebind_tower_state(source, allow_pickle)
-    check_tower_state(ours, unexpected, tower.state_dict(), source)
+    # ZeRO-3 (`zero.Init`) leaves each parameter an empty partition with its full shape in `ds_shape`.
+    expected = {name: torch.empty(getattr(t, "ds_shape", t.shape), device="meta")
+                for name, t in tower.state_dict(keep_vars=True).items()}  # fmt: skip
+    check_tower_state(ours, unexpected, expected, source)
+    targets = [(n, t) for n, t in list(tower.named_parameters()) + list(tower.named_buffers()) if n in ours]
+    partitioned = [t for _, t in targets if hasattr(t, "ds_id")]
+    if partitioned:
+        import deepspeed
+
+        # Gathered on every rank, written, and partitioned again from rank 0's values.
+        with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0), torch.no_grad():
+            for name, tensor in targets:
+                tensor.data.copy_(ours[name].to(dtype=tensor.dtype, device=tensor.device))
+        return
+    on_meta = [n for n, t in targets if t.is_meta]
+    if on_meta:
+        if _fsdp_loading_on_a_later_rank():
+            return  # FSDP's cpu_ram_efficient_loading: rank 0 holds the weights and broadcasts them when sharding
+        raise ValueError(
+            f"The tower weights from {source} cannot be written into parameters on the meta device ({on_meta[0]}, "
+            "...): a device_map with disk offload leaves them there. Convert the checkpoint first "
+            "(`videollamb-hf convert`), then load the converted folder with the device_map."
+        )
     with torch.no_grad():
-        for name, tensor in list(tower.named_parameters()) + list(tower.named_buffers()):
-            if name in ours:
-                tensor.copy_(ours[name].to(dtype=tensor.dtype, device=tensor.device))
+        for name, tensor in targets:
+            tensor.copy_(ours[name].to(dtype=tensor.dtype, device=tensor.device))
+
+
+def _fsdp_loading_on_a_later_rank() -> bool:
+    """FSDP's `cpu_ram_efficient_loading` under a launch, on a rank other than the first of its machine:
+    transformers loads the model there on the meta device, and FSDP broadcasts rank 0's weights when it shards."""
+    from transformers.distributed.fsdp import is_fsdp_enabled
+
+    return is_fsdp_enabled() and int(os.environ.get("LOCAL_RANK", 0)) != 0
 
 
 def log_lora_merges(layout: dict) -> None:

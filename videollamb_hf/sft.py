@@ -39,39 +39,16 @@ class BadRecordsError(ValueError):
 
 
 def _trainer_class():
-    """`VideoLlambSFTTrainer`: TRL's `SFTTrainer` whose loss is the model's recurrent loss when
-    `config.recurrent_loss` is set (TRL's own path trains through the backbone and its fused LM head, which would
-    skip it; the backbone refuses that path in training), and whose `end()` waits for every process before the
+    """`VideoLlambSFTTrainer`: TRL's `SFTTrainer` with `videollamb_hf.training.VideoLlambTrainerMixin`: the
+    model's recurrent loss when `config.recurrent_loss` is set (TRL's own path trains through the backbone and its
+    fused LM head, which would skip it; the backbone refuses that path in training), FSDP on machines without
+    GPUs, the trainer state saved next to the model, and an `end()` that waits for every process before the
     process group is destroyed."""
     from trl import SFTTrainer
 
-    class VideoLlambSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            unwrapped = self.accelerator.unwrap_model(model)
-            base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-            if not getattr(base.config, "recurrent_loss", False):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            keys = (
-                "input_ids",
-                "labels",
-                "pixel_values_videos",
-                "attention_mask",
-                "video_frames_mask",
-                "pixel_values",
-            )
-            loss = base.recurrent_loss(**{k: inputs[k] for k in keys if inputs.get(k) is not None})
-            return (loss, None) if return_outputs else loss
+    from .training import VideoLlambTrainerMixin
 
-        def end(self):
-            # TRL's script calls `trainer.end()` right after `save_model`, which only the main process does: the
-            # other ranks must wait for it (else they tear the group down while rank 0 writes, and hang: reproduced
-            # with a slow save). The group itself is destroyed by `leave_together` once TRL's script has returned
-            # and the trainer and its DDP wrapper are freed: freeing them after the group is gone hung a rank too.
-            self.accelerator.wait_for_everyone()
-            for tracker in self.accelerator.trackers:
-                tracker.finish()
-
-    return VideoLlambSFTTrainer
+    return type("VideoLlambSFTTrainer", (VideoLlambTrainerMixin, SFTTrainer), {"__module__": __name__})
 
 
 # -- data -------------------------------------------------------------------------------------------------------------
@@ -244,6 +221,8 @@ def main(argv=None) -> int:
 
     import videollamb_hf  # noqa: F401  (registers the model, processor and original-layout loading)
 
+    from .training import cpu_launch_defaults
+
     ours = argparse.ArgumentParser(add_help=False)
     ours.add_argument("--max_bad_fraction", type=float, default=0.0)
     ours.add_argument("--recurrent_loss", action="store_true", help="the original's per-segment loss")
@@ -257,6 +236,9 @@ def main(argv=None) -> int:
             config_path.write_text(yaml.safe_dump(trl_config))
             argv[argv.index("--config") + 1] = str(config_path)
             extra.max_bad_fraction = config.get("max_bad_fraction", extra.max_bad_fraction)
+    given = {a[2:].split("=")[0] for a in argv if a.startswith("--")} | set(config)
+    for name, value in cpu_launch_defaults(given).items():  # bf16 off and gloo on machines without GPUs
+        argv += [f"--{name}", str(value)]
     parser = trl_sft.make_parser(prog="videollamb-hf sft")
     script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
         argv, fail_with_unknown_args=True

@@ -211,11 +211,12 @@ def get_tiny_processor(directory):
     )
 
 
-def save_tiny_repo(directory, seed: int = 0, text: dict | None = None) -> str:
+def save_tiny_repo(directory, seed: int = 0, text: dict | None = None, **overrides) -> str:
     """Write a complete tiny VideoLLaMB folder (random weights): the tiny processor and a tiny model whose
     vocabulary and placeholder ids match its tokenizer. Loadable with `AutoModelForImageTextToText` and
     `AutoProcessor`; what it generates is noise. `text`: language-model fields that differ from `TINY_TEXT` (e.g.
-    `SERVING_TEXT`, whose head size vLLM's CPU attention takes). Returns the directory."""
+    `SERVING_TEXT`, whose head size vLLM's CPU attention takes); `overrides`: other config fields. Returns the
+    directory."""
     import torch
 
     from .modeling_videollamb import VideoLlambForConditionalGeneration
@@ -225,8 +226,9 @@ def save_tiny_repo(directory, seed: int = 0, text: dict | None = None) -> str:
         TINY_TEXT, **(text or {}), vocab_size=len(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id
     )
     config = get_tiny_config(
-        text_config=text, video_token_id=processor.video_token_id, image_token_id=processor.image_token_id
-    )
+        text_config=text, video_token_id=processor.video_token_id, image_token_id=processor.image_token_id,
+        **overrides,
+    )  # fmt: skip
     torch.manual_seed(seed)
     model = VideoLlambForConditionalGeneration(config)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
