@@ -405,6 +405,7 @@ def test_trainer_end_waits_for_every_process_and_leaves_the_group_to_the_entry_p
 
     trainer = object.__new__(sft._trainer_class())  # only `end` is exercised: no model needed
     trainer.accelerator = Accelerator()
+    trainer.save_state = lambda: calls.append("save_state")  # trainer_state.json, written by the main process
     trainer.end()
     # The group is destroyed later, by `leave_together`, once the trainer and its DDP wrapper are freed.
-    assert calls == ["barrier", "finish"]
+    assert calls == ["barrier", "save_state", "finish"]

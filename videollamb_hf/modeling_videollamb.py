@@ -343,6 +343,7 @@ class VideoLlambMemoryBridge(nn.Module):
         self.memory_tokens = nn.Parameter(torch.zeros(config.num_memory_tokens, config.bridge_hidden_size))
         self.layers = nn.ModuleList([VideoLlambBridgeLayer(config) for _ in range(config.bridge_num_layers)])
         self.retriever = VideoLlambRetriever(config)
+        self.freeze_unused()
         self.cache_segment_states = config.bridge_memory_cache == "segment_states"
         # VideoLLaMB_Mem's `abs_vid_pe`: row s is added to the tokens of segment s (zero-initialised there).
         self.segment_position_embedding = (
@@ -384,6 +385,16 @@ class VideoLlambMemoryBridge(nn.Module):
             hidden_states = layer(hidden_states)
         new_memory, segment_output = hidden_states.split([self.num_memory_tokens, segment_tokens.shape[1]], dim=1)
         return segment_output, new_memory
+
+    def freeze_unused(self) -> None:
+        """`requires_grad=False` on the released weights that no forward uses (`memory_tokens`, each layer's
+        cross-attention, the retriever's self-attention): they would get no gradient anyway. Left trainable they
+        made DDP need `find_unused_parameters` and an FSDP2 resume fail ("Missing optimizer state for parameter
+        'model.memory_bridge.memory_tokens'": the optimizer never made state for them)."""
+        self.memory_tokens.requires_grad_(False)
+        _requires_grad(self.retriever.self_attention, False)
+        for layer in self.layers:
+            _requires_grad(layer.cross_attention, False)
 
     def forward(self, segment_tokens: torch.Tensor, memory=None, memory_cache=None, mode: str = "step"):
         """The module's call, which `step`, `encode_independently` and `encode_from_initial_memory` go through so
@@ -469,6 +480,9 @@ def apply_freezing(model: nn.Module) -> None:
     head = getattr(model, "lm_head", None)
     if head is not None:
         _requires_grad(head, not model.config.freeze_language_model)
+    for module in model.modules():
+        if isinstance(module, VideoLlambMemoryBridge):
+            module.freeze_unused()
 
 
 def _requires_grad(module: nn.Module, trainable: bool) -> None:
@@ -577,7 +591,18 @@ class VideoLlambPreTrainedModel(PreTrainedModel):
                 "type": "multimodal",
             }
         }
-        output = super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        # FSDP2's `fully_shard` swaps the model's class for a subclass defined in torch (`FSDPVideoLlamb...` in
+        # `torch.distributed.fsdp._fully_shard._fsdp_init`): transformers would then copy torch's FSDP files as the
+        # remote code and point `auto_map` at them (seen in an FSDP2 save). Save under our own class.
+        wrapper = type(self)
+        ours = next(cls for cls in wrapper.__mro__ if cls.__module__ == __name__)
+        self.__class__ = ours
+        try:
+            output = super().save_pretrained(
+                save_directory, *args, save_original_format=save_original_format, **kwargs
+            )
+        finally:
+            self.__class__ = wrapper
         custom_object_save(VideoTextToTextPipeline, save_directory)
         return output
 
