@@ -104,7 +104,7 @@ def main():
     data = str(work / "train.jsonl")
     sft.write_jsonl(rows(), data)
     results = []
-    print(f"{'entry':8} {'engine':6} {'mode':12} {'loss rel. diff':>15} {'first/last 4':>13} "
+    print(f"{'entry':8} {'engine':6} {'mode':12} {'loss rel. diff':>15} {'steps 1-4':>10} {'steps 5-8':>10} "
           f"{'step-1 params':>14} {'seconds':>8}")  # fmt: skip
     for mode in args.modes:
         reference = work / f"reference-{mode}"
@@ -119,11 +119,11 @@ def main():
                 a, b = weights(out / "checkpoint-1"), weights(reference / "checkpoint-1")
                 changed = [k for k in b if k not in initial or not torch.equal(b[k], initial[k])]
                 params = max(float((a[k] - b[k]).abs().max()) for k in changed)
-                growth = max(per_step[4:]) / max(max(per_step[:4]), 1e-12)
                 results.append({"entry": entry, "engine": engine, "mode": mode, "steps": len(got),
                                 "loss_rel_diff": max(per_step), "per_step": per_step, "step1_param_abs_diff": params,
                                 "seconds": seconds, "reference_seconds": reference_s})  # fmt: skip
-                print(f"{entry:8} {engine:6} {mode:12} {max(per_step):15.2e} {growth:13.2f} {params:14.2e} "
+                print(f"{entry:8} {engine:6} {mode:12} {max(per_step):15.2e} {max(per_step[:4]):10.2e} "
+                      f"{max(per_step[4:]):10.2e} {params:14.2e} "
                       f"{seconds:8.1f}", flush=True)  # fmt: skip
     print(f"one process (reference), per mode: {reference_s:.1f} s the last; figures in {work}")
     if args.json:
