@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import VIDEOS, run_launched
 from safetensors.torch import load_file
+from test_sft import chat_row
 
 from videollamb_hf import sft
 from videollamb_hf.testing_utils import save_tiny_repo
@@ -39,13 +40,6 @@ ANSWERS = {"sample_demo_1.mp4": "A baby reads a book.", "dance.mp4": "People are
            "sample_demo_3.mp4": "Hands arrange pepper slices."}  # fmt: skip
 STEPS = 8
 TOWERS = ("model.video_tower.", "model.image_tower.")
-
-
-def chat_row(video, answer, question):
-    return {"messages": [{"role": "user", "content": [{"type": "video", "path": str(video)},
-                                                      {"type": "text", "text": question}]},
-                         {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
-            "images": []}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
