@@ -24,6 +24,23 @@ def test_ci_runs_exactly_the_readme_commands():
         assert command in ci
 
 
+def test_ci_installs_lmms_eval_with_the_readme_recipe():
+    (recipe,) = [block for block in blocks("bash") if "install_lmms_eval.sh" in block]
+    script = next(line.split("#")[0].strip() for line in recipe.splitlines() if "install_lmms_eval.sh" in line)
+    assert script == "bash scripts/install_lmms_eval.sh" and (ROOT / "scripts" / "install_lmms_eval.sh").is_file()
+    assert script in (ROOT / ".ci" / "run").read_text().splitlines()
+    installed = (ROOT / "scripts" / "install_lmms_eval.sh").read_text()
+    for requirement in (
+        '--no-deps "lmms-eval==0.7.3"',
+        "sacrebleu",
+        "evaluate",
+        "tenacity",
+        "pytablewriter",
+        '"filelock<4"',
+    ):
+        assert requirement in installed
+
+
 def test_python_snippets_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}

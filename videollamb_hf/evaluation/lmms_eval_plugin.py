@@ -3,14 +3,20 @@
     lmms-eval --model videollamb --model_args pretrained=ColorfulAI/VideoLLaMB,num_frames=16 \\
         --tasks egoschema_subset,mvbench,nextqa_mc_test,videomme
 
-lmms-eval requires torchvision and `av<16`, which would replace this project's CPU torch and PyAV, so it is no
-dependency of any extra: install it in its own environment (`pip install lmms-eval videollamb_hf`). Only lmms-eval
-imports this module.
+Data parallel: `accelerate launch --num_processes N -m lmms_eval --model videollamb ...` (one device per process).
+
+lmms-eval requires torchvision and `av<16`, which would replace this project's torch and PyAV, so it is no
+dependency of any extra: `scripts/install_lmms_eval.sh` installs it without its requirements, plus the modules its
+command line needs (README, "lmms-eval"). Only lmms-eval imports this module.
 """
 
+import os
+from dataclasses import dataclass
+
 import torch
-from lmms_eval.api.instance import Instance
+from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
+from lmms_eval.utils import eval_logger
 
 
 def manifest():
@@ -24,16 +30,43 @@ def manifest():
     )
 
 
+@dataclass
+class LoglikelihoodResult(GenerationResult):
+    """One `loglikelihood` answer, `(loss, is_greedy)`: unpacks and indexes as that tuple.
+
+    Why not the bare tuple lmms-eval documents: lmms-eval 0.7.3's evaluator passes every response through
+    `unwrap_generation_output`, which turns a `(float, bool)` tuple into its string, so every `multiple_choice`
+    task then fails in `Task.process_results` (`lls, is_greedy = zip(*results)`) for every model, and the CLI still
+    exits 0. A `GenerationResult` is passed through as its `text`, here the tuple itself, so multiple-choice tasks
+    score correctly; lmms-eval is not patched.
+    """
+
+    def __iter__(self):
+        return iter(self.text)
+
+    def __getitem__(self, index):
+        return self.text[index]
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+
 def _is_video(item) -> bool:
     return isinstance(item, str) and not item.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp"))
 
 
 class VideoLlambLmms(lmms):
     """lmms-eval's simple model interface: `generate_until` (greedy by default, stops at `until`) and
-    `loglikelihood` (sum of the continuation's log-probabilities, and whether it is the greedy continuation).
+    `loglikelihood`: the continuation's loss (mean negative log-likelihood per token, lower is likelier: the
+    convention of lmms-eval's own LLaVA models, whose `multiple_choice` scoring takes the argmin) and whether it is
+    the greedy continuation.
 
     Args (`--model_args`): `pretrained` (hub id or folder, original layout accepted), `num_frames` (16),
-    `device` ("cuda" if available), `dtype` ("auto"), `max_new_tokens` (default for `generate_until`: 32).
+    `device` ("cuda" if available; under `accelerate launch` each process's own device), `dtype` ("auto"),
+    `max_new_tokens` (default for `generate_until`: 32).
+
+    Under `accelerate launch --num_processes N -m lmms_eval ...` the rank, world size and device come from
+    accelerate's state: lmms-eval gives each process every N-th document and gathers the results on rank 0.
     """
 
     is_simple = True
@@ -41,17 +74,41 @@ class VideoLlambLmms(lmms):
     def __init__(self, pretrained: str = "ColorfulAI/VideoLLaMB", num_frames: int = 16, device: str | None = None,
                  dtype: str = "auto", max_new_tokens: int = 32, batch_size: int = 1, **kwargs):  # fmt: skip
         super().__init__()
+        from accelerate import Accelerator
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         import videollamb_hf  # noqa: F401  (registers VideoLLaMB, original-layout loading included)
 
-        self.device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # Data parallel (`accelerate launch -m lmms_eval ...`): lmms-eval's CLI has already built an Accelerator, so
+        # this one shares its process group; lmms-eval shards the documents by `rank` / `world_size`, gathers with
+        # `self.accelerator` and puts its count tensors on `self.device`, so each rank takes its own device.
+        # On a machine without GPUs accelerate's state is distributed only with ACCELERATE_USE_CPU=true (README);
+        # without it a multi-process launch still has its process group, which then gives the rank and world size.
+        self.accelerator = Accelerator()
+        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self._world_size == 1 and distributed:
+            self._rank, self._world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if device is None or (self._world_size > 1 and device in ("cuda", "xpu", "npu")):
+            if self.accelerator.num_processes > 1:
+                device = self.accelerator.device  # this process's own accelerator (cuda:LOCAL_RANK, ...)
+            elif torch.cuda.is_available():
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if self._world_size > 1 else "cuda"
+            else:
+                device = "cpu"
+        self._device = torch.device(device)
+        self.device_name = str(self._device)
         dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         self.processor = AutoProcessor.from_pretrained(pretrained)
-        self.model = AutoModelForImageTextToText.from_pretrained(pretrained, dtype=dtype).to(self.device_name).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(pretrained, dtype=dtype).to(self._device).eval()
         self.num_frames = int(num_frames)
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size_per_gpu = int(batch_size)
+        eval_logger.info(f"videollamb: process {self._rank} of {self._world_size} on {self._device}")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
@@ -101,7 +158,7 @@ class VideoLlambLmms(lmms):
         return answers
 
     @torch.no_grad()
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Instance]) -> list[LoglikelihoodResult]:
         results = []
         for request in requests:
             context, target = request.args[0], request.args[1]
@@ -118,11 +175,13 @@ class VideoLlambLmms(lmms):
             predicted = logits[start - 1 : -1]
             token_logprobs = predicted.gather(-1, targets[:, None])[:, 0]
             greedy = bool((predicted.argmax(-1) == targets).all())
-            results.append((float(token_logprobs.sum()), greedy))
+            # The continuation's loss (mean negative log-likelihood per token), as lmms-eval's own LLaVA models
+            # return it: its multiple-choice scoring takes the option with the lowest value (`np.argmin`).
+            results.append(LoglikelihoodResult((float(-token_logprobs.mean()), greedy)))
         return results
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("Multi-round generation is not supported by the VideoLLaMB lmms-eval model.")
 
 
-__all__ = ["VideoLlambLmms", "manifest"]
+__all__ = ["LoglikelihoodResult", "VideoLlambLmms", "manifest"]
