@@ -72,6 +72,23 @@ def test_one_process_takes_rank_0_of_1_and_the_given_device(plugin):
     assert plugin.accelerator.num_processes == 1 and plugin.model.device == torch.device("cpu")
 
 
+class _SecondOfTwoProcesses:
+    """What `Accelerator()` is in the second of two GPU processes; its device is `meta` here, so that the test
+    can tell it from the CPU default (a model moves there without memory)."""
+
+    process_index, local_process_index, num_processes, device = 1, 1, 2, torch.device("meta")
+
+
+@pytest.mark.parametrize("device", [None, "cuda"])
+def test_under_a_launch_each_process_takes_accelerates_rank_and_device(plugin, monkeypatch, device):
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "Accelerator", _SecondOfTwoProcesses)
+    model = type(plugin)(pretrained=plugin.model.name_or_path, num_frames=8, device=device)
+    assert (model.rank, model.world_size, model.device) == (1, 2, torch.device("meta"))
+    assert model.model.device == torch.device("meta") and isinstance(model.accelerator, _SecondOfTwoProcesses)
+
+
 def test_generate_until_equals_the_pipeline_answer(plugin):
     from transformers import pipeline
 
